@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what the lab and the tests need on a Debian 12 controller, each
+# step only when missing: Debian packages, a running Docker engine, the Python
+# venv (rebuilt when requirements.txt changes) and the lab base image.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(docker.io debootstrap python3-venv make curl git ca-certificates)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  if [[ -d /run/systemd/system ]]; then
+    systemctl start docker
+  else
+    echo "starting dockerd"
+    nohup dockerd >/var/log/pgops-dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/pgops-dockerd.log" >&2; exit 1; }
+fi
+
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [[ ! -x .venv/bin/python || "$(cat .venv/.requirements.sha256 2>/dev/null)" != "$want" ]]; then
+  echo "building the Python venv"
+  python3 -m venv .venv
+  { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -r requirements.txt; } \
+    2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
+  echo "$want" > .venv/.requirements.sha256
+fi
+
+bash lab/image.sh

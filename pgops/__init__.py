@@ -1,0 +1,1 @@
+"""Python helpers of the pgops Ansible project."""

@@ -1,0 +1,102 @@
+"""Helpers shared by the Testinfra suites: SQL through the local socket, and
+real client connections from the controller over the lab network."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+PG_VERSION = 15
+CLUSTER = "main"
+TLS_DIR = f"/etc/postgresql/{PG_VERSION}/{CLUSTER}/tls"
+
+
+def psql(host, sql: str, db: str = "postgres") -> str:
+    """Run SQL as the postgres superuser over the local socket (peer auth) and
+    return psql's unaligned output. Fails the test on any SQL error."""
+    result = host.run("runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d %s -c %s", db, sql)
+    assert result.rc == 0, f"psql failed: {result.stderr}"
+    return result.stdout.strip()
+
+
+def host_address(host) -> str:
+    """The host's address on the lab network (first global IPv4 of eth0)."""
+    return next(a for a in host.interface("eth0").addresses if ":" not in a)
+
+
+def fetch_ca(host, directory: Path) -> Path:
+    """Copy the cluster CA certificate from a host to the controller."""
+    path = directory / f"ca-{host.backend.host}.crt"
+    path.write_text(host.file(f"{TLS_DIR}/ca.crt").content_string)
+    return path
+
+
+@dataclass
+class LoginRole:
+    name: str
+    password: str
+
+
+def create_login_role(host, prefix: str = "probe") -> LoginRole:
+    """A throw-away login role with a random password, for remote probes."""
+    role = LoginRole(f"{prefix}_{secrets.token_hex(4)}", secrets.token_urlsafe(18))
+    psql(host, f"CREATE ROLE {role.name} LOGIN PASSWORD '{role.password}'")
+    return role
+
+
+def connect(
+    address: str, role: LoginRole, ca: Path | None, sslmode: str = "verify-full", dbname: str = "postgres", **kwargs
+) -> psycopg.Connection:
+    """A real client connection from the controller."""
+    params = {
+        "host": address,
+        "port": 5432,
+        "dbname": dbname,
+        "user": role.name,
+        "password": role.password,
+        "sslmode": sslmode,
+        "connect_timeout": 5,
+    }
+    if ca is not None:
+        params["sslrootcert"] = str(ca)
+    params.update(kwargs)
+    return psycopg.connect(**params)
+
+
+def run_playbook(
+    playbook: str,
+    extra_vars: dict | None = None,
+    limit: str | None = None,
+    check: bool = False,
+    inventory: str | None = None,
+):
+    """Run one of the project's playbooks against the scenario's inventory
+    (MOLECULE_INVENTORY_FILE) the way an operator would, and return the
+    completed process with its output."""
+    project = Path(os.environ.get("PROJECT_DIR", Path(__file__).resolve().parent.parent))
+    inventory = inventory or os.environ["MOLECULE_INVENTORY_FILE"]
+    cmd = [str(project / ".venv/bin/ansible-playbook"), str(project / playbook), "-i", inventory]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    if limit:
+        cmd += ["--limit", limit]
+    if check:
+        cmd.append("--check")
+    env = {k: v for k, v in os.environ.items() if k != "ANSIBLE_CONFIG"}
+    env["ANSIBLE_CONFIG"] = str(project / "ansible.cfg")
+    env["ANSIBLE_ROLES_PATH"] = str(project / "roles")
+    # Plain, unwrapped output, so that messages and the recap can be searched.
+    env.update(ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_CALLBACK_RESULT_FORMAT="json")
+    return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+
+
+def recap_changed(output: str) -> dict[str, int]:
+    """The changed= count per host from a PLAY RECAP."""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", output, re.M)}
