@@ -18,7 +18,7 @@ case $action in
     nohup .venv/bin/moto_server -H "$host" -p "$port" >"$state/moto-$port.log" 2>&1 &
     echo $! >"$pidfile"
     for _ in $(seq 50); do
-      if curl -fsS -o /dev/null "http://$host:$port/moto-api/"; then
+      if curl -fsS -o /dev/null "http://$host:$port/moto-api/" 2>/dev/null; then
         echo "S3 endpoint started on $host:$port"; exit 0
       fi
       sleep 0.2
