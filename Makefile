@@ -6,16 +6,19 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_INVENTORY := inventories/lab
 LAB_GATEWAY ?= 172.29.57.1
 LAB_S3_PORT ?= 9000
-SCENARIOS ?= default
+SCENARIOS ?= default schema
 
-.PHONY: help bootstrap lab lab-destroy test lint unit molecule bench docs
+.PHONY: help bootstrap lab lab-destroy test lint unit molecule bench bench-payment sample-data docs erd
 
 help:
 	@echo "make lab          deploy the lab (containers, S3 endpoint, site.yml)"
 	@echo "make lab-destroy  remove the lab"
 	@echo "make test         lint + unit tests + Molecule scenarios ($(SCENARIOS))"
-	@echo "make bench        measure the lab (see bench/README.md)"
+	@echo "make bench        converge benchmark of the lab (see bench/README.md)"
+	@echo "make bench-payment  payment workload (pgbench) on the lab primary"
+	@echo "make sample-data  load sample data into the lab (SCALE=1)"
 	@echo "make docs         regenerate the README's variable tables"
+	@echo "make erd          regenerate docs/erd.* from the lab's payments database"
 
 bootstrap:
 	@bash lab/bootstrap.sh
@@ -43,8 +46,19 @@ unit:
 molecule:
 	@for s in $(SCENARIOS); do echo "== molecule scenario $$s"; molecule test -s $$s || exit 1; done
 
+SCALE ?= 1
+
 bench: bootstrap
 	bench/converge.sh
 
+bench-payment:
+	SCALE=$(SCALE) bench/payment_workload.sh pg-primary
+
+sample-data:
+	docker exec -i pg-primary runuser -u postgres -- psql -X -d payments -v scale=$(SCALE) -f - < bench/sample_data.sql
+
 docs:
 	python -m pgops.specdoc --write README.md
+
+erd:
+	python -m pgops.erd --docker pg-primary --out docs

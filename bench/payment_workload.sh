@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Payment workload on the lab primary: loads sample data (scale SCALE, once),
+# then runs bench/payment.pgbench for DURATION seconds with CLIENTS clients.
+# Writes bench/results/payment.json and prints it.
+#   bench/payment_workload.sh [host] ; env: SCALE=1 CLIENTS=8 DURATION=30
+set -euo pipefail
+cd "$(dirname "$0")/.."
+host=${1:-pg-primary}
+scale=${SCALE:-1} clients=${CLIENTS:-8} duration=${DURATION:-30}
+label=${LABEL:-payment}
+out=bench/results
+mkdir -p "$out"
+psql_() { docker exec -i "$host" runuser -u postgres -- psql -XAtq -d payments "$@"; }
+
+have=$(psql_ -c "SELECT count(*) FROM payments.merchant WHERE name LIKE 'Sample merchant %'")
+if (( have < 20 * scale )); then
+  echo "loading sample data at scale $scale"
+  psql_ -v scale="$scale" -f - < bench/sample_data.sql >/dev/null
+fi
+merchants=$(psql_ -c "SELECT max(id) FROM payments.merchant WHERE name LIKE 'Sample merchant %'")
+methods=$(psql_ -c "SELECT max(id) FROM payments.customer_payment_method WHERE token LIKE 'tok\_sample\_%'")
+rows=$(psql_ -c "SELECT count(*) FROM payments.transaction")
+
+docker exec -i "$host" sh -c 'cat > /var/tmp/payment.pgbench && chmod 644 /var/tmp/payment.pgbench' < bench/payment.pgbench
+docker exec "$host" runuser -u postgres -- /usr/lib/postgresql/15/bin/pgbench -n -c "$clients" -j 2 \
+  -T "$duration" -D merchants="$merchants" -D methods="$methods" -f /var/tmp/payment.pgbench payments \
+  >"$out/$label-pgbench.log" 2>&1 || { cat "$out/$label-pgbench.log"; exit 1; }
+
+python3 - "$out/$label-pgbench.log" "$scale" "$clients" "$duration" "$rows" >"$out/$label.json" <<'PY'
+import json, re, sys
+log, scale, clients, duration, rows = sys.argv[1], *map(int, sys.argv[2:])
+text = open(log).read()
+def num(pattern):
+    m = re.search(pattern, text)
+    return float(m.group(1)) if m else None
+print(json.dumps({
+    "scale": scale, "transactions_before": rows, "clients": clients, "duration_s": duration,
+    "iterations_per_s": num(r"tps = ([0-9.]+)"),
+    "latency_avg_ms": num(r"latency average = ([0-9.]+) ms"),
+    "failed": num(r"number of failed transactions: ([0-9]+)"),
+    "processed": num(r"number of transactions actually processed: ([0-9]+)"),
+}, indent=2))
+PY
+cat "$out/$label.json"

@@ -1,0 +1,111 @@
+"""Fixtures for the schema tests: a login role allowed to use the payments
+schema, real TLS connections from the controller, and a merchant/customer/
+payment method to pay with."""
+
+import secrets
+
+import pytest
+
+from pgops.testing import connect, create_login_role, fetch_ca, host_address, psql
+
+DB = "payments"
+
+
+@pytest.fixture(scope="module")
+def tester(host):
+    role = create_login_role(host, "schema_test")
+    psql(
+        host,
+        f"GRANT USAGE ON SCHEMA payments, pgops TO {role.name};"
+        f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA payments TO {role.name};"
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA pgops TO {role.name};"
+        f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA payments TO {role.name};"
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA payments TO {role.name};"
+        f"GRANT USAGE ON SCHEMA partman TO {role.name};"
+        f"GRANT SELECT ON partman.part_config TO {role.name};",
+        db=DB,
+    )
+    yield role
+    psql(host, f"DROP OWNED BY {role.name}; DROP ROLE {role.name}", db=DB)
+
+
+@pytest.fixture(scope="module")
+def db(host, tester, tmp_path_factory):
+    """A factory of autocommit connections to the payments database."""
+    ca = fetch_ca(host, tmp_path_factory.mktemp("ca"))
+    address = host_address(host)
+    opened = []
+
+    def open_connection(autocommit=True):
+        conn = connect(address, tester, ca, dbname=DB, autocommit=autocommit)
+        opened.append(conn)
+        return conn
+
+    yield open_connection
+    for conn in opened:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def payer(db):
+    """A merchant, a customer and the customer's card token."""
+    conn = db()
+    suffix = secrets.token_hex(4)
+    merchant = conn.execute(
+        "INSERT INTO payments.merchant (name, country_code, default_currency) VALUES (%s, 'FR', 'EUR') RETURNING id",
+        (f"Shop {suffix}",),
+    ).fetchone()[0]
+    customer = conn.execute(
+        "SELECT payments.create_customer(%s, %s, %s, %s)",
+        (f"user_{suffix}", "correct horse battery staple", f"user_{suffix}@example.test", "Jeanne Testeuse"),
+    ).fetchone()[0]
+    method = conn.execute(
+        "INSERT INTO payments.customer_payment_method (customer_id, method_type, token, display_hint) "
+        "VALUES (%s, 'card', %s, 'Visa 4242') RETURNING id",
+        (customer, f"tok_{secrets.token_hex(12)}"),
+    ).fetchone()[0]
+    return {"merchant": merchant, "customer": customer, "method": method}
+
+
+@pytest.fixture
+def authorize(db, payer):
+    """Authorize a payment; returns (id, created_at, status, replayed)."""
+
+    def run(amount=1000, currency="EUR", key=None, score=0.1, conn=None, **overrides):
+        args = {
+            "merchant": payer["merchant"],
+            "key": key or secrets.token_hex(8),
+            "customer": payer["customer"],
+            "method": payer["method"],
+            "amount": amount,
+            "currency": currency,
+            "ip": "198.51.100.7",
+            "device": "mobile",
+            "score": score,
+            **overrides,
+        }
+        return (
+            (conn or db())
+            .execute(
+                "SELECT * FROM payments.authorize(%(merchant)s::bigint, %(key)s, %(customer)s::bigint, "
+                "%(method)s::bigint, %(amount)s::bigint, %(currency)s::char(3), %(ip)s::inet, %(device)s, "
+                "%(score)s::numeric, 'model-1', ARRAY['new_device'])",
+                args,
+            )
+            .fetchone()
+        )
+
+    return run
+
+
+@pytest.fixture
+def captured(db, authorize):
+    """Authorize and capture a payment; returns (id, created_at)."""
+
+    def run(amount=1000):
+        txn_id, created_at, status, _ = authorize(amount=amount)
+        assert status == "authorized"
+        db().execute("SELECT payments.capture(%s, %s)", (txn_id, created_at))
+        return txn_id, created_at
+
+    return run
