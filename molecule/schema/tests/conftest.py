@@ -16,6 +16,7 @@ def tester(host):
     role = create_login_role(host, "schema_test")
     psql(
         host,
+        f"GRANT CONNECT ON DATABASE payments TO {role.name};"
         f"GRANT USAGE ON SCHEMA payments, pgops TO {role.name};"
         f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA payments TO {role.name};"
         f"GRANT SELECT ON ALL TABLES IN SCHEMA pgops TO {role.name};"
@@ -26,7 +27,8 @@ def tester(host):
         db=DB,
     )
     yield role
-    psql(host, f"DROP OWNED BY {role.name}; DROP ROLE {role.name}", db=DB)
+    psql(host, f"REVOKE CONNECT ON DATABASE payments FROM {role.name}; DROP OWNED BY {role.name}", db=DB)
+    psql(host, f"DROP ROLE {role.name}")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,175 @@
+"""The access matrix: every group role x operation, through a real TLS
+connection as a login user of that group. Allowed cells succeed; denied ones
+fail with a permission error (SQLSTATE 42501). Nothing is left behind: each
+probe runs in a transaction that is rolled back."""
+
+import secrets
+
+import pytest
+from psycopg import errors
+
+from pgops.testing import LoginRole, connect, fetch_ca, host_address, psql
+
+testinfra_hosts = ["ansible://molecule-schema1"]
+
+USERS = {
+    "admin": LoginRole("m_admin", "molecule-admin-password"),
+    "developer": LoginRole("m_developer", "molecule-developer-password"),
+    "readonlyuser": LoginRole("m_reader", "molecule-reader-password"),
+    "payments_app": LoginRole("m_app", "molecule-app-password-01"),
+}
+
+PROBES = {
+    "select": "SELECT count(*) FROM payments.merchant",
+    "insert": "INSERT INTO payments.merchant (name, country_code, default_currency) VALUES ('probe', 'FR', 'EUR')",
+    "update": "UPDATE payments.merchant SET name = name",
+    "delete": "DELETE FROM payments.merchant WHERE id = -1",
+    "ddl": "CREATE TABLE payments.access_probe (id int)",
+    "audit_modify": "UPDATE payments.transaction_state_change SET reason = 'rewritten'",
+    "pii_decrypt": "SELECT payments.pii_decrypt(full_name_enc, full_name_key_version) FROM payments.customer",
+}
+
+ALLOWED = {
+    "admin": {"select", "insert", "update", "delete", "ddl", "pii_decrypt"},
+    "developer": {"select", "insert", "update", "delete"},
+    "readonlyuser": {"select"},
+    "payments_app": {"select", "insert", "update", "delete", "pii_decrypt"},
+}
+
+
+@pytest.fixture(scope="module")
+def ca(host, tmp_path_factory):
+    return fetch_ca(host, tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def as_user(host, ca):
+    def open_as(group):
+        return connect(host_address(host), USERS[group], ca, dbname="payments")
+
+    return open_as
+
+
+@pytest.fixture(scope="module", autouse=True)
+def some_rows(as_user):
+    """A customer and an audited transaction exist, so the PII and audit probes touch real rows."""
+    suffix = secrets.token_hex(4)
+    with as_user("payments_app") as conn:
+        merchant = conn.execute(
+            "INSERT INTO payments.merchant (name, country_code, default_currency) VALUES ('Matrix', 'FR', 'EUR') "
+            "RETURNING id"
+        ).fetchone()[0]
+        customer = conn.execute(
+            "SELECT payments.create_customer(%s, 'matrix password 123', %s, 'Marie Matrix')",
+            (f"matrix_{suffix}", f"matrix_{suffix}@example.test"),
+        ).fetchone()[0]
+        method = conn.execute(
+            "INSERT INTO payments.customer_payment_method (customer_id, method_type, token) "
+            "VALUES (%s, 'card', %s) RETURNING id",
+            (customer, f"tok_matrix_{suffix}_0123456789"),
+        ).fetchone()[0]
+        conn.execute(
+            "SELECT * FROM payments.authorize(%s, %s, %s, %s, 1000::bigint, 'EUR', '192.0.2.1'::inet, "
+            "'desktop', 0.1::numeric, 'model-1')",
+            (merchant, f"matrix-{suffix}", customer, method),
+        )
+        conn.commit()
+    return f"matrix_{suffix}"
+
+
+@pytest.mark.parametrize("group", sorted(USERS))
+@pytest.mark.parametrize("operation", sorted(PROBES))
+def test_access_matrix(as_user, group, operation):
+    with as_user(group) as conn:
+        try:
+            if operation in ALLOWED[group]:
+                conn.execute(PROBES[operation])
+            else:
+                with pytest.raises(errors.InsufficientPrivilege):
+                    conn.execute(PROBES[operation])
+        finally:
+            conn.rollback()
+
+
+def test_readonly_sees_pii_only_as_ciphertext(as_user, some_rows):
+    with as_user("readonlyuser") as conn:
+        name_enc = conn.execute(
+            "SELECT full_name_enc FROM payments.customer WHERE username = %s", (some_rows,)
+        ).fetchone()[0]
+        assert b"Marie" not in bytes(name_enc)
+    with as_user("payments_app") as conn:
+        clear = conn.execute(
+            "SELECT payments.pii_decrypt(full_name_enc, full_name_key_version) FROM payments.customer "
+            "WHERE username = %s",
+            (some_rows,),
+        ).fetchone()[0]
+        assert clear == "Marie Matrix"
+
+
+def test_key_reading_functions_are_not_executable(as_user):
+    for group in USERS:
+        with as_user(group) as conn, pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("SELECT payments.pii_key(1)")
+
+
+def test_login_users_are_members_of_exactly_their_groups(host):
+    rows = psql(
+        host,
+        "SELECT r.rolname, string_agg(g.rolname, ',' ORDER BY g.rolname) FROM pg_roles r "
+        "JOIN pg_auth_members m ON m.member = r.oid JOIN pg_roles g ON g.oid = m.roleid "
+        "WHERE r.rolname LIKE 'm\\_%' GROUP BY 1 ORDER BY 1",
+    ).splitlines()
+    assert rows == ["m_admin|admin", "m_app|payments_app", "m_developer|developer", "m_reader|readonlyuser"]
+
+
+def test_no_group_or_login_has_dangerous_attributes(host):
+    assert (
+        psql(
+            host,
+            "SELECT count(*) FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%' AND rolname <> 'postgres' "
+            "AND (rolsuper OR rolcreaterole OR rolbypassrls OR rolreplication OR rolcreatedb)",
+        )
+        == "0"
+    )
+
+
+def test_passwords_are_stored_as_scram_verifiers(host):
+    stored = psql(host, "SELECT rolpassword FROM pg_authid WHERE rolname LIKE 'm\\_%'").splitlines()
+    assert len(stored) == 4 and all(p.startswith("SCRAM-SHA-256$4096:") for p in stored)
+
+
+def test_nothing_granted_to_public_in_the_schema(host):
+    assert (
+        psql(
+            host,
+            "SELECT count(*) FROM (SELECT relacl FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'payments' UNION ALL SELECT proacl FROM pg_proc p JOIN pg_namespace n "
+            "ON n.oid = p.pronamespace WHERE n.nspname = 'payments' UNION ALL SELECT nspacl FROM pg_namespace "
+            "WHERE nspname = 'payments') a, unnest(a.relacl) item WHERE item::text LIKE '=%'",
+            db="payments",
+        )
+        == "0"
+    )
+    assert psql(host, "SELECT has_database_privilege('public', 'payments', 'CONNECT')") == "f"
+
+
+def test_a_partition_created_later_grants_exactly_the_same(host, as_user):
+    psql(
+        host,
+        "SELECT partman.create_partition_time('payments.transaction', ARRAY['2031-01-15'::timestamptz])",
+        db="payments",
+    )
+    partition = "payments.transaction_p2031_01"
+    for group in USERS:
+        for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+            on_parent = psql(
+                host, f"SELECT has_table_privilege('{group}', 'payments.transaction', '{privilege}')", db="payments"
+            )
+            on_partition = psql(
+                host, f"SELECT has_table_privilege('{group}', '{partition}', '{privilege}')", db="payments"
+            )
+            assert (group, privilege, on_partition) == (group, privilege, on_parent)
+    with as_user("readonlyuser") as conn:
+        conn.execute(f"SELECT count(*) FROM {partition}")
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute(f"DELETE FROM {partition}")
