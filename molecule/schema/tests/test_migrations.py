@@ -16,6 +16,18 @@ MIGRATIONS = Path(__file__).resolve().parents[3] / "sql/migrations"
 LOCK_KEY = 0x7067_6F70_735F_6D67
 
 
+@pytest.fixture(scope="module", autouse=True)
+def forget_test_migrations(host):
+    """Leave the ledger as the real files describe it, for the tests after these."""
+    yield
+    psql(
+        host,
+        "DELETE FROM pgops.schema_migration WHERE version >= 9000;"
+        "DROP TABLE IF EXISTS pgops.marker_9001, pgops.marker_9002, pgops.half_done",
+        db="payments",
+    )
+
+
 @pytest.fixture
 def migrations(tmp_path):
     target = tmp_path / "migrations"

@@ -1,0 +1,58 @@
+"""Rotating the PII key: every host gets the new key (owner-only), existing
+ciphertext is re-encrypted under it, names still decrypt, a re-run changes
+nothing, and the key never appears in the playbook's output."""
+
+import secrets
+
+from pgops.testing import psql, recap_changed, run_playbook
+
+testinfra_hosts = ["ansible://molecule-schema1"]
+
+HOST = "molecule-schema1"
+OLD_KEY = "molecule-only-pii-key-0123456789abcdef"
+NEW_KEY = "molecule-rotated-pii-key-" + secrets.token_hex(8)
+ROTATION = {"schema_pii_keys": {"1": OLD_KEY, "2": NEW_KEY}, "schema_pii_key_version": 2}
+
+
+def test_rotation_reencrypts_every_customer(host, db):
+    conn = db()
+    name = f"rotation_{secrets.token_hex(4)}"
+    conn.execute(
+        "SELECT payments.create_customer(%s, 'rotation password 1', %s, 'Rosa Rotation')",
+        (name, f"{name}@example.test"),
+    )
+    before = conn.execute("SELECT full_name_enc FROM payments.customer WHERE username = %s", (name,)).fetchone()[0]
+    assert conn.execute("SELECT count(*) FROM payments.customer WHERE full_name_key_version = 1").fetchone()[0] > 0
+
+    run = run_playbook("playbooks/pii_rotate.yml", ROTATION)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert NEW_KEY not in run.stdout + run.stderr and OLD_KEY not in run.stdout + run.stderr
+
+    key_file = host.file("/etc/postgresql/pgops-pii/pii-key-2")
+    assert key_file.user == "postgres" and key_file.mode == 0o400
+
+    conn = db()
+    assert conn.execute("SELECT count(*) FROM payments.customer WHERE full_name_key_version <> 2").fetchone()[0] == 0
+    after, clear = conn.execute(
+        "SELECT full_name_enc, payments.pii_decrypt(full_name_enc, full_name_key_version) "
+        "FROM payments.customer WHERE username = %s",
+        (name,),
+    ).fetchone()
+    assert clear == "Rosa Rotation" and bytes(after) != bytes(before)
+
+    again = run_playbook("playbooks/pii_rotate.yml", ROTATION)
+    assert again.returncode == 0
+    assert recap_changed(again.stdout)[HOST] == 0
+
+
+def test_reencryption_is_not_executable_by_anyone_but_the_superuser(host):
+    assert (
+        psql(host, "SELECT proowner::regrole FROM pg_proc WHERE proname = 'pii_reencrypt'", db="payments") == "postgres"
+    )
+    for group in ("admin", "developer", "payments_app", "readonlyuser"):
+        allowed = psql(
+            host,
+            f"SELECT has_function_privilege('{group}', 'payments.pii_reencrypt(integer)', 'EXECUTE')",
+            db="payments",
+        )
+        assert allowed == "f", group
