@@ -1,6 +1,7 @@
 """Rows land in the right partition, time-bounded queries are pruned, the
 default partition is monitored, and every partition carries the rules."""
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -100,4 +101,8 @@ def test_every_partition_carries_the_append_only_triggers(db):
 
 
 def test_partman_background_worker_is_running(host):
-    assert "pg_partman master background worker" in host.check_output("ps -eo cmd")
+    for _ in range(30):
+        if "pg_partman master background worker" in host.check_output("ps -eo cmd"):
+            return
+        time.sleep(1)
+    raise AssertionError("pg_partman master background worker is not running")

@@ -24,6 +24,13 @@ def test_rotation_reencrypts_every_customer(host, db):
     before = conn.execute("SELECT full_name_enc FROM payments.customer WHERE username = %s", (name,)).fetchone()[0]
     assert conn.execute("SELECT count(*) FROM payments.customer WHERE full_name_key_version = 1").fetchone()[0] > 0
 
+    # Check mode says what it would do and changes nothing (and ends: every
+    # batch is rolled back there, so the batch loop must not run).
+    check = run_playbook("playbooks/pii_rotate.yml", ROTATION, check=True)
+    assert check.returncode == 0, check.stdout[-3000:]
+    assert "would be re-encrypted" in check.stdout
+    assert conn.execute("SELECT count(*) FROM payments.customer WHERE full_name_key_version = 1").fetchone()[0] > 0
+
     run = run_playbook("playbooks/pii_rotate.yml", ROTATION)
     assert run.returncode == 0, run.stdout[-3000:]
     assert NEW_KEY not in run.stdout + run.stderr and OLD_KEY not in run.stdout + run.stderr
