@@ -8,7 +8,7 @@ LAB_GATEWAY ?= 172.29.57.1
 LAB_S3_PORT ?= 9000
 SCENARIOS ?= default schema
 
-.PHONY: help bootstrap lab lab-destroy test lint unit molecule bench bench-payment sample-data docs erd
+.PHONY: help bootstrap lab lab-destroy test lint unit molecule bench bench-payment bench-audit sample-data docs erd
 
 help:
 	@echo "make lab          deploy the lab (containers, S3 endpoint, site.yml)"
@@ -16,6 +16,7 @@ help:
 	@echo "make test         lint + unit tests + Molecule scenarios ($(SCENARIOS))"
 	@echo "make bench        converge benchmark of the lab (see bench/README.md)"
 	@echo "make bench-payment  payment workload (pgbench) on the lab primary"
+	@echo "make bench-audit  cost of the audit settings on the payment workload"
 	@echo "make sample-data  load sample data into the lab (SCALE=1)"
 	@echo "make docs         regenerate the README's variable tables"
 	@echo "make erd          regenerate docs/erd.* from the lab's payments database"
@@ -53,6 +54,9 @@ bench: bootstrap
 
 bench-payment:
 	SCALE=$(SCALE) bench/payment_workload.sh pg-primary
+
+bench-audit:
+	bench/audit_cost.sh
 
 sample-data:
 	docker exec -i pg-primary runuser -u postgres -- psql -X -d payments -v scale=$(SCALE) -f - < bench/sample_data.sql

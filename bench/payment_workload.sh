@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 host=${1:-pg-primary}
 scale=${SCALE:-1} clients=${CLIENTS:-8} duration=${DURATION:-30}
 label=${LABEL:-payment}
-out=bench/results
+out=${OUT:-bench/results}
 mkdir -p "$out"
 psql_() { docker exec -i "$host" runuser -u postgres -- psql -XAtq -d payments "$@"; }
 

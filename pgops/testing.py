@@ -3,6 +3,7 @@ real client connections from the controller over the lab network."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -44,10 +45,22 @@ class LoginRole:
     password: str
 
 
+def _load_scram():
+    path = Path(__file__).resolve().parent.parent / "plugins/filter/pgops_scram.py"
+    spec = importlib.util.spec_from_file_location("pgops_scram", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+scram = _load_scram()
+
+
 def create_login_role(host, prefix: str = "probe") -> LoginRole:
-    """A throw-away login role with a random password, for remote probes."""
+    """A throw-away login role with a random password, for remote probes. The
+    server gets a SCRAM verifier, so the password never reaches its logs."""
     role = LoginRole(f"{prefix}_{secrets.token_hex(4)}", secrets.token_urlsafe(18))
-    psql(host, f"CREATE ROLE {role.name} LOGIN PASSWORD '{role.password}'")
+    psql(host, f"CREATE ROLE {role.name} LOGIN PASSWORD '{scram.scram_verifier(role.password)}'")
     return role
 
 

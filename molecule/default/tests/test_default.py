@@ -12,6 +12,7 @@ from pgops.testing import (
     fetch_ca,
     host_address,
     psql,
+    scram,
 )
 
 testinfra_hosts = ["ansible://postgresql"]
@@ -158,7 +159,7 @@ def test_tls_between_lab_hosts(host, probe):
         "-c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'"
     )
     # The probe role exists on this host only; create it on the other one too.
-    psql(other_host, f"CREATE ROLE {probe.name} LOGIN PASSWORD '{probe.password}'")
+    psql(other_host, f"CREATE ROLE {probe.name} LOGIN PASSWORD '{scram.scram_verifier(probe.password)}'")
     try:
         assert host.check_output(cmd) == "t"
     finally:

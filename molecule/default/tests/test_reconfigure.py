@@ -26,7 +26,7 @@ def test_reloadable_change_is_applied_without_restart(host):
     reload, the server is not restarted."""
     before = started_at(host)
     run = run_playbook(
-        "site.yml",
+        "playbooks/postgresql.yml",
         {
             "postgresql_parameters": {"log_min_duration_statement": "250ms"},
             "postgresql_tls_extra_sans": ["DNS:db.payments.test"],
@@ -43,7 +43,7 @@ def test_reloadable_change_is_applied_without_restart(host):
 
 def test_restart_only_for_pending_restart_parameters(host):
     before = started_at(host)
-    run = run_playbook("site.yml", {"postgresql_tuning": {**SCENARIO_TUNING, "shared_buffers": "256MB"}}, limit=HOST)
+    run = run_playbook("playbooks/postgresql.yml", {"postgresql_tuning": {**SCENARIO_TUNING, "shared_buffers": "256MB"}}, limit=HOST)
     assert run.returncode == 0, run.stdout[-3000:]
     assert "Restart PostgreSQL for parameters that need it" in run.stdout
     assert psql(host, "SHOW shared_buffers") == "256MB"
@@ -84,7 +84,7 @@ def test_restart_only_for_pending_restart_parameters(host):
 )
 def test_bad_input_is_refused_before_any_change(host, extra_vars, message):
     before_sum, before_start = dropin_sum(host), started_at(host)
-    run = run_playbook("site.yml", extra_vars, limit=HOST)
+    run = run_playbook("playbooks/postgresql.yml", extra_vars, limit=HOST)
     assert run.returncode != 0
     assert message in run.stdout + run.stderr
     assert recap_changed(run.stdout).get(HOST, 0) == 0
@@ -94,7 +94,7 @@ def test_bad_input_is_refused_before_any_change(host, extra_vars, message):
 
 def test_value_postgresql_rejects_fails_loudly_and_server_keeps_running(host):
     before = started_at(host)
-    run = run_playbook("site.yml", {"postgresql_parameters": {"log_min_duration_statement": "soon"}}, limit=HOST)
+    run = run_playbook("playbooks/postgresql.yml", {"postgresql_parameters": {"log_min_duration_statement": "soon"}}, limit=HOST)
     assert run.returncode != 0
     assert "PostgreSQL rejected the new configuration" in run.stdout
     assert "log_min_duration_statement" in run.stdout
@@ -103,7 +103,7 @@ def test_value_postgresql_rejects_fails_loudly_and_server_keeps_running(host):
 
 
 def test_scenario_configuration_is_restored_and_stable(host):
-    run = run_playbook("site.yml", limit=HOST)
+    run = run_playbook("playbooks/postgresql.yml", limit=HOST)
     assert run.returncode == 0, run.stdout[-3000:]
     assert psql(host, "SHOW shared_buffers") == "512MB"
     assert (
@@ -114,6 +114,6 @@ def test_scenario_configuration_is_restored_and_stable(host):
         )
         == "0"
     )
-    again = run_playbook("site.yml", limit=HOST)
+    again = run_playbook("playbooks/postgresql.yml", limit=HOST)
     assert again.returncode == 0
     assert recap_changed(again.stdout)[HOST] == 0

@@ -2,11 +2,12 @@
 schema, real TLS connections from the controller, and a merchant/customer/
 payment method to pay with."""
 
+import json
 import secrets
 
 import pytest
 
-from pgops.testing import connect, create_login_role, fetch_ca, host_address, psql
+from pgops.testing import connect, create_login_role, fetch_ca, host_address, psql, run_playbook
 
 DB = "payments"
 
@@ -111,3 +112,14 @@ def captured(db, authorize):
         return txn_id, created_at
 
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_security_report(tmp_path_factory):
+    """The security audit report of the freshly converged server, taken before
+    any test plants anything (every finding down to `low` fails the run)."""
+    report = tmp_path_factory.mktemp("report") / "report.json"
+    run = run_playbook(
+        "playbooks/security_audit.yml", {"security_audit_fail_on": "low", "security_audit_report_file": str(report)}
+    )
+    return run, json.loads(report.read_text()) if report.exists() else None

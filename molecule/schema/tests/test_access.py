@@ -60,8 +60,8 @@ def some_rows(as_user):
             "RETURNING id"
         ).fetchone()[0]
         customer = conn.execute(
-            "SELECT payments.create_customer(%s, 'matrix password 123', %s, 'Marie Matrix')",
-            (f"matrix_{suffix}", f"matrix_{suffix}@example.test"),
+            "SELECT payments.create_customer(%s, %s, %s, %s)",
+            (f"matrix_{suffix}", "matrix password 123", f"matrix_{suffix}@example.test", "Marie Matrix"),
         ).fetchone()[0]
         method = conn.execute(
             "INSERT INTO payments.customer_payment_method (customer_id, method_type, token) "
@@ -119,7 +119,13 @@ def test_login_users_are_members_of_exactly_their_groups(host):
         "JOIN pg_auth_members m ON m.member = r.oid JOIN pg_roles g ON g.oid = m.roleid "
         "WHERE r.rolname LIKE 'm\\_%' GROUP BY 1 ORDER BY 1",
     ).splitlines()
-    assert rows == ["m_admin|admin", "m_app|payments_app", "m_developer|developer", "m_reader|readonlyuser"]
+    assert rows == [
+        "m_admin|admin",
+        "m_app|payments_app",
+        "m_batch|readonlyuser",
+        "m_developer|developer",
+        "m_reader|readonlyuser",
+    ]
 
 
 def test_no_group_or_login_has_dangerous_attributes(host):
@@ -135,7 +141,7 @@ def test_no_group_or_login_has_dangerous_attributes(host):
 
 def test_passwords_are_stored_as_scram_verifiers(host):
     stored = psql(host, "SELECT rolpassword FROM pg_authid WHERE rolname LIKE 'm\\_%'").splitlines()
-    assert len(stored) == 4 and all(p.startswith("SCRAM-SHA-256$4096:") for p in stored)
+    assert len(stored) == 5 and all(p.startswith("SCRAM-SHA-256$4096:") for p in stored)
 
 
 def test_nothing_granted_to_public_in_the_schema(host):

@@ -18,8 +18,8 @@ def test_rotation_reencrypts_every_customer(host, db):
     conn = db()
     name = f"rotation_{secrets.token_hex(4)}"
     conn.execute(
-        "SELECT payments.create_customer(%s, 'rotation password 1', %s, 'Rosa Rotation')",
-        (name, f"{name}@example.test"),
+        "SELECT payments.create_customer(%s, %s, %s, %s)",
+        (name, "rotation password 1", f"{name}@example.test", "Rosa Rotation"),
     )
     before = conn.execute("SELECT full_name_enc FROM payments.customer WHERE username = %s", (name,)).fetchone()[0]
     assert conn.execute("SELECT count(*) FROM payments.customer WHERE full_name_key_version = 1").fetchone()[0] > 0

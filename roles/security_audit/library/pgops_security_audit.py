@@ -1,0 +1,364 @@
+#!/usr/bin/python
+"""Read-only security audit of one PostgreSQL server and its logs (pgops)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pgops_security_audit
+short_description: Security findings of one PostgreSQL server, from its catalogs and its logs
+description:
+  - Read-only. Connects over the local socket as the user the module runs as (postgres).
+  - "Checks: privileged roles, grants to PUBLIC, pg_hba rules, TLS, password storage, failed logins per
+    user and source, superuser and admin sessions, the age of the last good backup."
+  - Log lines are read from the files in I(log_directory) and parsed with the prefix
+    '%m [%p] user=%u,db=%d,app=%a,client=%h ' (the audit role's default).
+options:
+  login_unix_socket: {type: str, default: /var/run/postgresql, description: Socket directory.}
+  login_port: {type: int, default: 5432, description: Port.}
+  log_directory: {type: path, required: true, description: Directory of the server's log files.}
+  since: {type: str, default: "", description: Only log lines from this time (ISO 8601); empty is window_hours ago.}
+  window_hours: {type: int, default: 24, description: How far back the logs are read when since is empty.}
+  failed_login_threshold: {type: int, default: 5, description: Failed logins per user and source that are high.}
+  allowed_privileged: {type: list, elements: str, default: [postgres], description: Roles allowed special attributes.}
+  admin_roles: {type: list, elements: str, default: [admin], description: Members of these have admin sessions.}
+  public_allowed:
+    type: list
+    elements: str
+    default: []
+    description: "Grants to PUBLIC that are expected, as database:kind:object glob patterns."
+  backup_status_file: {type: path, description: JSON file with finished_at of the last good backup.}
+  backup_max_age_hours: {type: int, default: 26, description: Older than this is high.}
+  cert_warn_days: {type: int, default: 30, description: Server certificate expiring sooner is high.}
+  host: {type: str, default: "", description: Name given to every finding (the inventory name).}
+"""
+
+RETURN = r"""
+findings: {description: "[{severity, check, subject, detail}]", type: list, returned: always}
+summary: {description: Counts and facts for the report, type: dict, returned: always}
+"""
+
+import datetime as dt
+import fnmatch
+import json
+import os
+import re
+from collections import Counter
+
+from ansible.module_utils.basic import AnsibleModule
+
+SEVERITIES = ["info", "low", "medium", "high", "critical"]
+SCRAM = "scram-sha-256"
+PREFIX_RE = re.compile(
+    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (?P<tz>\S+) \[(?P<pid>\d+)\] "
+    r"user=(?P<user>[^,]*),db=(?P<db>[^,]*),app=(?P<app>.*?),client=(?P<client>\S*) (?P<level>[A-Z0-9]+):  (?P<msg>.*)$"
+)
+FAILED_RES = [
+    re.compile(r'password authentication failed for user "(?P<user>[^"]*)"'),
+    re.compile(r'no pg_hba\.conf entry for host "(?P<client>[^"]*)", user "(?P<user>[^"]*)"'),
+    re.compile(r'pg_hba\.conf rejects connection for host "(?P<client>[^"]*)", user "(?P<user>[^"]*)"'),
+]
+AUTHORIZED_RE = re.compile(r"connection authorized: user=(?P<user>\S+)")
+
+
+def finding(severity, check, subject, detail):
+    return {
+        "severity": severity,
+        "rank": SEVERITIES.index(severity),
+        "check": check,
+        "subject": subject,
+        "detail": detail,
+    }
+
+
+def parse_line(line):
+    """The prefix fields and message of one log line, or None for continuation lines."""
+    m = PREFIX_RE.match(line.rstrip("\n"))
+    if not m:
+        return None
+    rec = m.groupdict()
+    rec["time"] = dt.datetime.fromisoformat(rec["ts"]).replace(tzinfo=dt.UTC)
+    rec["client"] = re.sub(r"\(\d+\)$", "", rec["client"])  # %h never has a port, %r does
+    return rec
+
+
+def scan_log_lines(lines, since, superusers, admins, threshold):
+    """Failed logins per (user, client), superuser and admin sessions per (user, client)."""
+    failed, su_sessions, admin_sessions = Counter(), Counter(), Counter()
+    lines_read = 0
+    for line in lines:
+        rec = parse_line(line)
+        if rec is None or rec["time"] < since:
+            continue
+        lines_read += 1
+        msg = rec["msg"]
+        if rec["level"] == "FATAL":
+            for pattern in FAILED_RES:
+                m = pattern.search(msg)
+                if m:
+                    failed[(m.group("user"), m.groupdict().get("client") or rec["client"])] += 1
+                    break
+        elif rec["level"] == "LOG":
+            m = AUTHORIZED_RE.search(msg)
+            if m:
+                key = (m.group("user"), rec["client"])
+                if m.group("user") in superusers:
+                    su_sessions[key] += 1
+                elif m.group("user") in admins:
+                    admin_sessions[key] += 1
+    findings = []
+    for (user, client), n in sorted(failed.items()):
+        severity = "high" if n >= threshold else "low"
+        findings.append(finding(severity, "failed_login", f"{user}@{client}", f"{n} failed login(s)"))
+    for (user, client), n in sorted(su_sessions.items()):
+        remote = client not in ("[local]", "")
+        findings.append(
+            finding(
+                "high" if remote else "info",
+                "superuser_session",
+                f"{user}@{client}",
+                f"{n} superuser session(s)" + (" over the network" if remote else " on the local socket"),
+            )
+        )
+    for (user, client), n in sorted(admin_sessions.items()):
+        findings.append(finding("info", "admin_session", f"{user}@{client}", f"{n} admin session(s)"))
+    return findings, lines_read
+
+
+def log_files(directory, since):
+    """Log files written to since `since` (older ones cannot hold newer lines)."""
+    out = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and dt.datetime.fromtimestamp(os.path.getmtime(path), dt.UTC) >= since:
+            out.append(path)
+    return out
+
+
+def check_hba(rules):
+    findings = []
+    for r in rules:
+        if r["error"]:
+            findings.append(finding("high", "pg_hba", f"line {r['line_number']}", r["error"]))
+            continue
+        method, kind = r["auth_method"], r["type"]
+        ok = method == "reject" or (kind == "local" and method in ("peer", "scram-sha-256"))
+        ok = ok or (kind == "hostssl" and method in ("scram-sha-256", "cert"))
+        if not ok:
+            severity = "critical" if method == "trust" else "high"
+            detail = f"{kind} {','.join(r['database'])} {','.join(r['user_name'])} {r['address'] or ''} {method}"
+            findings.append(finding(severity, "pg_hba", f"line {r['line_number']}", detail))
+    return findings
+
+
+def check_privileged(roles, allowed):
+    findings = []
+    for r in roles:
+        if r["rolname"] in allowed:
+            continue
+        if r["rolsuper"]:
+            findings.append(finding("high", "privileged_role", r["rolname"], "superuser"))
+        for attr in ("rolcreaterole", "rolbypassrls", "rolreplication"):
+            if r[attr]:
+                findings.append(finding("medium", "privileged_role", r["rolname"], attr[3:]))
+    return findings
+
+
+def check_public(grants, allowed):
+    findings = []
+    for g in grants:
+        key = f"{g['database']}:{g['kind']}:{g['object']}"
+        if any(fnmatch.fnmatchcase(key, pattern) for pattern in allowed):
+            continue
+        severity = "high" if g["kind"] in ("table", "sequence") else "medium"
+        findings.append(finding(severity, "public_grant", key, f"PUBLIC has {g['privileges']}"))
+    return findings
+
+
+def backup_age(path, max_hours, now):
+    if not path or not os.path.exists(path):
+        return [finding("info", "backup", path or "-", "no backup status yet")], None
+    with open(path) as f:
+        finished = dt.datetime.fromisoformat(json.load(f)["finished_at"])
+    hours = (now - finished).total_seconds() / 3600
+    severity = "high" if hours > max_hours else "info"
+    return [finding(severity, "backup", path, f"last good backup {hours:.1f} h ago")], round(hours, 2)
+
+
+# Grants to PUBLIC (grantee 0) on objects that are not part of an extension
+# nor of the system schemas.
+PUBLIC_SQL = """
+WITH objs AS (
+  SELECT 'database' AS kind, datname::text AS object, datacl AS acl, 0::oid AS oid, 0::oid AS classid
+    FROM pg_database WHERE datname = current_database()
+  UNION ALL
+  SELECT 'schema', nspname, nspacl, oid, 'pg_namespace'::regclass FROM pg_namespace
+  UNION ALL
+  SELECT CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END, format('%I.%I', n.nspname, c.relname),
+         c.relacl, c.oid, 'pg_class'::regclass
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','v','m','S','f')
+  UNION ALL
+  SELECT 'function', p.oid::regprocedure::text, p.proacl, p.oid, 'pg_proc'::regclass
+    FROM pg_proc p
+)
+SELECT o.kind, o.object, string_agg(a.privilege_type, ',' ORDER BY a.privilege_type) AS privileges
+  FROM objs o CROSS JOIN LATERAL aclexplode(o.acl) a
+ WHERE a.grantee = 0
+   AND o.object !~ '^(pg_catalog|information_schema|pg_toast)(\\.|$)'
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = o.classid AND d.objid = o.oid AND d.deptype = 'e')
+   AND NOT (o.kind = 'function' AND EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                                             WHERE p.oid = o.oid AND n.nspname IN ('pg_catalog','information_schema')))
+ GROUP BY o.kind, o.object
+"""
+# Objects whose ACL is NULL have PostgreSQL's built-in defaults: PUBLIC may
+# CONNECT/TEMP a database and EXECUTE a function.
+PUBLIC_DEFAULT_SQL = """
+SELECT 'database' AS kind, datname::text AS object, 'CONNECT,TEMPORARY' AS privileges
+  FROM pg_database WHERE datname = current_database() AND datacl IS NULL
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text, 'EXECUTE'
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE p.proacl IS NULL AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                                               AND d.deptype = 'e')
+"""
+ROLES_SQL = """
+SELECT rolname, rolsuper, rolcreaterole, rolbypassrls, rolreplication, rolcanlogin,
+       coalesce(rolpassword, '') ~ '^md5' AS md5_password
+  FROM pg_authid WHERE rolname !~ '^pg_'
+"""
+
+
+def collect(module, psycopg, params, now, since):
+    conninfo = {"host": params["login_unix_socket"], "port": params["login_port"]}
+    findings, summary = [], {}
+    with psycopg.connect(dbname="postgres", autocommit=True, **conninfo) as conn:
+        cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+        summary["in_recovery"] = cur.execute("SELECT pg_is_in_recovery() AS r").fetchone()["r"]
+        roles = cur.execute(ROLES_SQL).fetchall()
+        superusers = {r["rolname"] for r in roles if r["rolsuper"]}
+        findings += check_privileged(roles, set(params["allowed_privileged"]))
+        for r in roles:
+            if r["md5_password"]:
+                findings.append(finding("high", "password_storage", r["rolname"], "MD5 password hash"))
+        admins = {
+            r["member"]
+            for r in cur.execute(
+                "SELECT m.rolname AS member FROM pg_auth_members am JOIN pg_roles g ON g.oid = am.roleid "
+                "JOIN pg_roles m ON m.oid = am.member WHERE g.rolname = ANY(%s)",
+                (params["admin_roles"],),
+            )
+        }
+        findings += check_hba(cur.execute("SELECT * FROM pg_hba_file_rules ORDER BY line_number").fetchall())
+        settings = {
+            r["name"]: r["setting"]
+            for r in cur.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN ('ssl', 'ssl_min_protocol_version', "
+                "'ssl_cert_file', 'password_encryption', 'log_connections', 'logging_collector')"
+            )
+        }
+        summary["settings"] = settings
+        if settings["ssl"] != "on":
+            findings.append(finding("critical", "tls", "ssl", "TLS is off"))
+        if settings["ssl_min_protocol_version"] in ("TLSv1", "TLSv1.1"):
+            findings.append(finding("high", "tls", "ssl_min_protocol_version", settings["ssl_min_protocol_version"]))
+        if settings["password_encryption"] != SCRAM:
+            findings.append(finding("high", "password_storage", "password_encryption", "not scram-sha-256"))
+        if settings["log_connections"] != "on":
+            findings.append(finding("medium", "logging", "log_connections", "off: sessions cannot be audited"))
+        plain = cur.execute(
+            "SELECT a.usename, host(a.client_addr) AS client FROM pg_stat_activity a JOIN pg_stat_ssl s "
+            "ON s.pid = a.pid WHERE a.client_addr IS NOT NULL AND NOT s.ssl"
+        ).fetchall()
+        for r in plain:
+            findings.append(finding("high", "tls", f"{r['usename']}@{r['client']}", "connected without TLS"))
+        summary["cert_days_left"] = cert_days_left(settings["ssl_cert_file"], now)
+        if summary["cert_days_left"] is not None and summary["cert_days_left"] < params["cert_warn_days"]:
+            findings.append(
+                finding("high", "tls", settings["ssl_cert_file"], f"expires in {summary['cert_days_left']} days")
+            )
+        databases = [r["datname"] for r in cur.execute("SELECT datname FROM pg_database WHERE datallowconn")]
+    grants = []
+    for db in databases:
+        with psycopg.connect(dbname=db, autocommit=True, **conninfo) as conn:
+            cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+            for sql in (PUBLIC_SQL, PUBLIC_DEFAULT_SQL):
+                grants += [dict(r, database=db) for r in cur.execute(sql)]
+    findings += check_public(grants, params["public_allowed"])
+
+    files = log_files(params["log_directory"], since) if os.path.isdir(params["log_directory"]) else []
+    if not files:
+        findings.append(finding("medium", "logging", params["log_directory"], "no log files to read"))
+
+    def lines():
+        for path in files:
+            with open(path, errors="replace") as f:
+                yield from f
+
+    log_findings, summary["log_lines_read"] = scan_log_lines(
+        lines(), since, superusers, admins, params["failed_login_threshold"]
+    )
+    findings += log_findings
+    summary["log_files"] = files
+    backup_findings, summary["backup_age_hours"] = backup_age(
+        params["backup_status_file"], params["backup_max_age_hours"], now
+    )
+    findings += backup_findings
+    return findings, summary
+
+
+def cert_days_left(path, now):
+    try:
+        from cryptography import x509
+
+        with open(path, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+    except (ImportError, OSError, ValueError):
+        return None
+    return (cert.not_valid_after.replace(tzinfo=dt.UTC) - now).days
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "login_unix_socket": {"type": "str", "default": "/var/run/postgresql"},
+            "login_port": {"type": "int", "default": 5432},
+            "log_directory": {"type": "path", "required": True},
+            "since": {"type": "str", "default": ""},
+            "window_hours": {"type": "int", "default": 24},
+            "failed_login_threshold": {"type": "int", "default": 5},
+            "allowed_privileged": {"type": "list", "elements": "str", "default": ["postgres"]},
+            "admin_roles": {"type": "list", "elements": "str", "default": ["admin"]},
+            "public_allowed": {"type": "list", "elements": "str", "default": []},
+            "backup_status_file": {"type": "path"},
+            "backup_max_age_hours": {"type": "int", "default": 26},
+            "cert_warn_days": {"type": "int", "default": 30},
+            "host": {"type": "str", "default": ""},
+        },
+        supports_check_mode=True,
+    )
+    try:
+        import psycopg
+        import psycopg.rows
+    except ImportError:
+        module.fail_json(msg="python3-psycopg is needed on the database host")
+    now = dt.datetime.now(dt.UTC)
+    since = now - dt.timedelta(hours=module.params["window_hours"])
+    if module.params["since"]:
+        try:
+            since = dt.datetime.fromisoformat(module.params["since"].replace("Z", "+00:00"))
+        except ValueError:
+            module.fail_json(msg=f"since={module.params['since']!r} is not an ISO 8601 time")
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=dt.UTC)
+    try:
+        findings, summary = collect(module, psycopg, module.params, now, since)
+    except psycopg.Error as e:
+        module.fail_json(msg=f"cannot read the server: {e}")
+    for f in findings:
+        f["host"] = module.params["host"]
+    findings.sort(key=lambda f: (-f["rank"], f["check"], f["subject"]))
+    module.exit_json(changed=False, findings=findings, summary=summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The security audit module's rules: log parsing, pg_hba, PUBLIC grants and
+privileged roles (the catalog queries run against real servers in the
+Molecule `schema` scenario)."""
+
+import datetime as dt
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location(
+    "pgops_security_audit",
+    Path(__file__).resolve().parent.parent / "roles/security_audit/library/pgops_security_audit.py",
+)
+audit = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(audit)
+
+SINCE = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
+P = "[{pid}] user={user},db=payments,app=psql,client={client} "
+LINES = [
+    "2026-11-24 09:59:59.000 UTC "
+    + P.format(pid=1, user="eve", client="10.0.0.9")
+    + 'FATAL:  password authentication failed for user "eve"',
+    "2026-11-24 10:00:01.000 UTC "
+    + P.format(pid=2, user="eve", client="10.0.0.9")
+    + 'FATAL:  password authentication failed for user "eve"',
+    "2026-11-24 10:00:02.000 UTC "
+    + P.format(pid=2, user="eve", client="10.0.0.9")
+    + 'DETAIL:  Connection matched pg_hba.conf line 12: "hostssl all all 10.0.0.0/8 scram-sha-256"',
+    "2026-11-24 10:00:03.000 UTC "
+    + P.format(pid=3, user="bob", client="10.0.0.7")
+    + 'FATAL:  no pg_hba.conf entry for host "10.0.0.7", user "bob", database "payments", no encryption',
+    "2026-11-24 10:00:04.000 UTC "
+    + P.format(pid=4, user="postgres", client="[local]")
+    + "LOG:  connection authorized: user=postgres database=payments",
+    "2026-11-24 10:00:05.000 UTC "
+    + P.format(pid=5, user="postgres", client="10.0.0.8")
+    + "LOG:  connection authorized: user=postgres database=payments SSL enabled",
+    "2026-11-24 10:00:06.000 UTC "
+    + P.format(pid=6, user="ann", client="10.0.0.6")
+    + "LOG:  connection authorized: user=ann database=payments SSL enabled",
+    "\tcontinuation line of a multi-line statement",
+]
+
+
+def by_subject(findings):
+    return {(f["check"], f["subject"]): f for f in findings}
+
+
+def test_log_scan_counts_failures_and_privileged_sessions_since_the_window():
+    findings, read = audit.scan_log_lines(LINES, SINCE, {"postgres"}, {"ann"}, threshold=2)
+    got = by_subject(findings)
+    assert read == 6  # the line before the window and the continuation are skipped
+    assert got[("failed_login", "eve@10.0.0.9")]["detail"] == "1 failed login(s)"
+    assert got[("failed_login", "eve@10.0.0.9")]["severity"] == "low"
+    assert got[("failed_login", "bob@10.0.0.7")]["severity"] == "low"
+    assert got[("superuser_session", "postgres@[local]")]["severity"] == "info"
+    assert got[("superuser_session", "postgres@10.0.0.8")]["severity"] == "high"
+    assert got[("admin_session", "ann@10.0.0.6")]["severity"] == "info"
+
+
+def test_failed_logins_at_the_threshold_are_high():
+    findings, _ = audit.scan_log_lines(LINES[:2] * 3, SINCE, set(), set(), threshold=3)
+    assert by_subject(findings)[("failed_login", "eve@10.0.0.9")]["severity"] == "high"
+
+
+def rule(n, kind, method, db="all", user="all", address=None, error=None):
+    return {"line_number": n, "type": kind, "auth_method": method, "database": [db], "user_name": [user],
+            "address": address, "error": error}  # fmt: skip
+
+
+def test_hba_rules():
+    findings = audit.check_hba(
+        [
+            rule(1, "local", "peer", user="postgres"),
+            rule(2, "hostssl", "reject", user="postgres", address="192.0.2.0"),
+            rule(3, "hostssl", "scram-sha-256", address="10.0.0.0"),
+            rule(4, "host", "scram-sha-256", address="10.0.0.0"),
+            rule(5, "hostssl", "trust", address="10.0.0.0"),
+            rule(6, "hostssl", "md5", address="10.0.0.0"),
+            rule(7, "host", "reject", address="192.0.2.0"),
+        ]
+    )
+    assert [(f["subject"], f["severity"]) for f in findings] == [
+        ("line 4", "high"),
+        ("line 5", "critical"),
+        ("line 6", "high"),
+    ]
+
+
+def test_public_grants_outside_the_allow_list():
+    grants = [
+        {"database": "postgres", "kind": "schema", "object": "public", "privileges": "USAGE"},
+        {"database": "payments", "kind": "table", "object": "payments.merchant", "privileges": "SELECT"},
+        {"database": "payments", "kind": "function", "object": "pgops.f()", "privileges": "EXECUTE"},
+        {"database": "template1", "kind": "database", "object": "template1", "privileges": "CONNECT"},
+    ]
+    findings = audit.check_public(grants, ["postgres:schema:public", "template1:*"])
+    assert [(f["subject"], f["severity"]) for f in findings] == [
+        ("payments:table:payments.merchant", "high"),
+        ("payments:function:pgops.f()", "medium"),
+    ]
+
+
+def test_privileged_roles():
+    base = {"rolsuper": False, "rolcreaterole": False, "rolbypassrls": False, "rolreplication": False}
+    roles = [
+        dict(base, rolname="postgres", rolsuper=True),
+        dict(base, rolname="mallory", rolsuper=True),
+        dict(base, rolname="ops", rolcreaterole=True, rolbypassrls=True),
+        dict(base, rolname="app"),
+    ]
+    findings = audit.check_privileged(roles, {"postgres"})
+    assert [(f["subject"], f["detail"], f["severity"]) for f in findings] == [
+        ("mallory", "superuser", "high"),
+        ("ops", "createrole", "medium"),
+        ("ops", "bypassrls", "medium"),
+    ]
+
+
+def test_backup_age(tmp_path):
+    now = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
+    findings, age = audit.backup_age(str(tmp_path / "missing.json"), 26, now)
+    assert age is None and findings[0]["severity"] == "info"
+    status = tmp_path / "last.json"
+    status.write_text('{"finished_at": "2026-11-23T00:00:00+00:00"}')
+    findings, age = audit.backup_age(str(status), 26, now)
+    assert age == 36.0 and findings[0]["severity"] == "high"
+    findings, _ = audit.backup_age(str(status), 48, now)
+    assert findings[0]["severity"] == "info"
