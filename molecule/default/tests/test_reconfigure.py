@@ -43,7 +43,9 @@ def test_reloadable_change_is_applied_without_restart(host):
 
 def test_restart_only_for_pending_restart_parameters(host):
     before = started_at(host)
-    run = run_playbook("playbooks/postgresql.yml", {"postgresql_tuning": {**SCENARIO_TUNING, "shared_buffers": "256MB"}}, limit=HOST)
+    run = run_playbook(
+        "playbooks/postgresql.yml", {"postgresql_tuning": {**SCENARIO_TUNING, "shared_buffers": "256MB"}}, limit=HOST
+    )
     assert run.returncode == 0, run.stdout[-3000:]
     assert "Restart PostgreSQL for parameters that need it" in run.stdout
     assert psql(host, "SHOW shared_buffers") == "256MB"
@@ -94,7 +96,9 @@ def test_bad_input_is_refused_before_any_change(host, extra_vars, message):
 
 def test_value_postgresql_rejects_fails_loudly_and_server_keeps_running(host):
     before = started_at(host)
-    run = run_playbook("playbooks/postgresql.yml", {"postgresql_parameters": {"log_min_duration_statement": "soon"}}, limit=HOST)
+    run = run_playbook(
+        "playbooks/postgresql.yml", {"postgresql_parameters": {"log_min_duration_statement": "soon"}}, limit=HOST
+    )
     assert run.returncode != 0
     assert "PostgreSQL rejected the new configuration" in run.stdout
     assert "log_min_duration_statement" in run.stdout
