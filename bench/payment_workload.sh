@@ -17,13 +17,14 @@ if (( have < 20 * scale )); then
   echo "loading sample data at scale $scale"
   psql_ -v scale="$scale" -f - < bench/sample_data.sql >/dev/null
 fi
-merchants=$(psql_ -c "SELECT max(id) FROM payments.merchant WHERE name LIKE 'Sample merchant %'")
-methods=$(psql_ -c "SELECT max(id) FROM payments.customer_payment_method WHERE token LIKE 'tok\_sample\_%'")
+# Sample rows have contiguous ids (one INSERT each); other rows may sit around them.
+read -r merchant_min merchants < <(psql_ -F ' ' -c "SELECT min(id), max(id) FROM payments.merchant WHERE name LIKE 'Sample merchant %'")
+read -r method_min methods < <(psql_ -F ' ' -c "SELECT min(id), max(id) FROM payments.customer_payment_method WHERE token LIKE 'tok\_sample\_%'")
 rows=$(psql_ -c "SELECT count(*) FROM payments.transaction")
 
 docker exec -i "$host" sh -c 'cat > /var/tmp/payment.pgbench && chmod 644 /var/tmp/payment.pgbench' < bench/payment.pgbench
 docker exec "$host" runuser -u postgres -- /usr/lib/postgresql/15/bin/pgbench -n -c "$clients" -j 2 \
-  -T "$duration" -D merchants="$merchants" -D methods="$methods" -f /var/tmp/payment.pgbench payments \
+  -T "$duration" -D merchant_min="$merchant_min" -D merchants="$merchants" -D method_min="$method_min" -D methods="$methods" -f /var/tmp/payment.pgbench payments \
   >"$out/$label-pgbench.log" 2>&1 || { cat "$out/$label-pgbench.log"; exit 1; }
 
 python3 - "$out/$label-pgbench.log" "$scale" "$clients" "$duration" "$rows" >"$out/$label.json" <<'PY'

@@ -26,4 +26,8 @@ SELECT pg_is_in_recovery() AS in_recovery,
                  'slot', slot_name, 'active', active, 'wal_status', wal_status,
                  'restart_lsn', restart_lsn::text) ORDER BY slot_name), '[]')
           FROM pg_replication_slots) AS slots,
-       (SELECT count(*) FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')) AS user_dbs
+       (SELECT count(*) FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')) AS user_dbs,
+       (SELECT last_archived_wal FROM pg_stat_archiver) AS last_archived_wal,
+       (SELECT round(extract(epoch FROM now() - last_archived_time)::numeric, 1) FROM pg_stat_archiver)
+         AS last_archived_wal_age_s,
+       (SELECT failed_count FROM pg_stat_archiver) AS archive_failures

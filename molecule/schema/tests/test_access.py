@@ -129,14 +129,18 @@ def test_login_users_are_members_of_exactly_their_groups(host):
 
 
 def test_no_group_or_login_has_dangerous_attributes(host):
+    """Only the replication role replicates, and nothing else is special."""
     assert (
         psql(
             host,
-            "SELECT count(*) FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%' AND rolname <> 'postgres' "
+            "SELECT string_agg(rolname || ':' || rolreplication, ',') FROM pg_roles "
+            "WHERE rolname NOT LIKE 'pg\\_%' AND rolname <> 'postgres' "
             "AND (rolsuper OR rolcreaterole OR rolbypassrls OR rolreplication OR rolcreatedb)",
         )
-        == "0"
+        == "replicator:true"
     )
+    assert psql(host, "SELECT rolsuper OR rolcreaterole OR rolbypassrls OR rolcreatedb FROM pg_roles "
+                "WHERE rolname = 'replicator'") == "f"  # fmt: skip
 
 
 def test_passwords_are_stored_as_scram_verifiers(host):

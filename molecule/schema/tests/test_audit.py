@@ -113,7 +113,7 @@ def test_no_plaintext_name_password_or_key_in_logs_or_dump(host, ca, tmp_path):
                 (username, password, f"{username}@example.test", full_name),
             )
         # A failing call: the statement is logged with the error, its parameters are not.
-        with pytest.raises(psycopg.errors.RaiseException):
+        with pytest.raises(psycopg.errors.CheckViolation, match="password too short"):
             c.execute(
                 "SELECT payments.create_customer(%s, %s, %s, %s)",
                 (f"leak_{tag}_short", "Short1", "x@example.test", f"Error Secretname {tag}"),

@@ -1,0 +1,201 @@
+"""Backups to a real S3 API (moto) and real restores: the nightly job, tiered
+retention over a simulated calendar, a logical restore equal to the source,
+point-in-time recovery, an S3 outage, a corrupted dump and the restore drill."""
+
+import datetime as dt
+import json
+import subprocess
+import time
+
+import boto3
+import pytest
+
+from pgops.backup import Manifest, backup_id, plan_retention, tiers_for
+from pgops.testing import psql, run_playbook
+
+testinfra_hosts = ["ansible://molecule-backup1"]
+
+HOST = "molecule-backup1"
+NETWORK = "pgops-molecule-backup"
+ADDRESS = "172.29.63.10"
+BUCKET = "pgops-molecule-backups"
+PREFIX = "pgops/payments/logical/dumps/"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    return boto3.client(
+        "s3",
+        endpoint_url="http://172.29.63.1:9001",
+        region_name="us-east-1",
+        aws_access_key_id="molecule-only-access-key",
+        aws_secret_access_key="molecule-only-secret-key",
+    )
+
+
+def tool(host, *args, config="/etc/pgops/backup.json"):
+    return host.run("runuser -u postgres -- /usr/local/sbin/pgops-backup --config %s " + " ".join(args), config)
+
+
+def latest_manifest(host):
+    out = tool(host, "list")
+    assert out.rc == 0, out.stderr
+    return out.stdout.split()[0]
+
+
+def table_digests(host, port):
+    """Row count and an md5 of the ordered rows of every table of the payments schema."""
+    tables = psql(
+        host,
+        "SELECT string_agg(format('%I.%I', schemaname, tablename), ' ' ORDER BY tablename) FROM pg_tables "
+        "WHERE schemaname = 'payments'",
+        db="payments",
+    ).split()
+    sql = " UNION ALL ".join(
+        f"SELECT '{t}', count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM {t} x"
+        for t in tables
+    )
+    out = host.run("runuser -u postgres -- psql -XAtq -p %s -d payments -c %s", str(port), sql)
+    assert out.rc == 0, out.stderr
+    return out.stdout
+
+
+def test_bucket_is_private_encrypted_and_versioned(s3):
+    assert s3.get_bucket_versioning(Bucket=BUCKET)["Status"] == "Enabled"
+    rule = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    block = s3.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"]
+    assert all(block.values())
+
+
+def test_nightly_job_uploads_a_verified_dump(host, s3):
+    assert host.run("systemctl is-enabled pgops-backup.timer").stdout.strip() == "enabled"
+    assert "00:00:00" in host.file("/etc/systemd/system/pgops-backup.timer").content_string
+    started = host.run("systemctl start pgops-backup.service")
+    assert started.rc == 0, host.run("journalctl -u pgops-backup --no-pager | tail -20").stdout
+    ident = latest_manifest(host)
+    manifest = Manifest.from_json(
+        s3.get_object(Bucket=BUCKET, Key=f"pgops/payments/logical/manifests/{ident}.json")["Body"].read().decode()
+    )
+    head = s3.head_object(Bucket=BUCKET, Key=manifest.key)
+    assert head["ServerSideEncryption"] == "AES256"
+    assert head["Metadata"]["sha256"] == manifest.sha256 and head["ContentLength"] == manifest.size
+    assert manifest.tiers == ("daily", "weekly", "monthly")  # the first backup ever
+    assert manifest.extra["row_counts"]["payments.merchant"] >= 0 and manifest.extra["schema_version"] >= 11
+    verify = tool(host, "verify", ident)
+    assert verify.rc == 0 and "verified" in verify.stdout
+    status = json.loads(host.file("/var/lib/pgops/backup/last_success.json").content_string)
+    assert status["id"] == ident
+
+
+def test_retention_over_sixty_simulated_days(host, s3):
+    """Sixty nightly runs with injected dates into their own prefix keep
+    exactly the daily/weekly/monthly set the policy names."""
+    config = json.loads(host.file("/etc/pgops/backup.json").content_string)
+    config.update(prefix="simulation/logical", keep={"daily": 7, "weekly": 4, "monthly": 3},
+                  status_file="/var/lib/pgops/backup/simulation-status.json")  # fmt: skip
+    host.run("install -o root -g postgres -m 0640 /dev/null /etc/pgops/backup-sim.json")
+    subprocess.run(["docker", "exec", "-i", HOST, "sh", "-c", "cat > /etc/pgops/backup-sim.json"],
+                   input=json.dumps(config), text=True, check=True)  # fmt: skip
+    start = dt.datetime(2026, 1, 1, 0, 0, 5, tzinfo=dt.UTC)
+    dates = " ".join((start + dt.timedelta(days=n)).isoformat() for n in range(60))
+    run = host.run(
+        f"for d in {dates}; do runuser -u postgres -- /usr/local/sbin/pgops-backup "
+        "--config /etc/pgops/backup-sim.json run --now $d >/dev/null || exit 1; done"
+    )
+    assert run.rc == 0, run.stderr
+    kept = {
+        o["Key"].rsplit("/", 1)[1].removesuffix(".json")
+        for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="simulation/logical/manifests/")["Contents"]
+    }
+    # The same policy computed here from the calendar alone.
+    expected: list[Manifest] = []
+    for n in range(60):
+        when = start + dt.timedelta(days=n)
+        expected.append(Manifest(backup_id(when), when, "k", 1, "0" * 64, tiers_for(when, expected)))
+        expected, _ = plan_retention(expected, config["keep"])
+    assert kept == {m.id for m in expected}
+    assert len(kept) == 12  # 7 daily + 4 weekly + 3 monthly, some shared
+    dumps = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="simulation/logical/dumps/")["Contents"]}
+    assert dumps == {f"simulation/logical/dumps/{i}{suffix}" for i in kept for suffix in (".dump", ".globals.sql")}
+
+
+def test_logical_restore_equals_the_source(host):
+    assert host.run("systemctl start pgops-backup.service").rc == 0
+    run = run_playbook("playbooks/restore.yml", {"restore_host": HOST, "restore_cluster": "copy", "restore_port": 5433})
+    assert run.returncode == 0, run.stdout[-3000:]
+    try:
+        assert table_digests(host, 5433) == table_digests(host, 5432)
+        owner = host.run("runuser -u postgres -- psql -XAtq -p 5433 -d payments -c %s",
+                         "SELECT tableowner FROM pg_tables WHERE tablename = 'merchant'")  # fmt: skip
+        assert owner.stdout.strip() == "payments_owner"
+    finally:
+        host.run("pg_dropcluster --stop 15 copy")
+
+
+def test_restore_refuses_to_overwrite_a_running_primary():
+    run = run_playbook("playbooks/restore.yml", {"restore_host": HOST, "restore_cluster": "main", "restore_port": 5433})
+    assert run.returncode != 0 and "never main" in run.stdout
+
+
+def test_point_in_time_recovery(host):
+    assert host.run("systemctl start pgops-basebackup.service").rc == 0
+    psql(host, "CREATE TABLE pitr_marker (id int PRIMARY KEY); INSERT INTO pitr_marker SELECT generate_series(1, 3)")
+    time.sleep(1.1)
+    target = psql(host, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
+    time.sleep(1.1)
+    psql(host, "INSERT INTO pitr_marker SELECT generate_series(4, 6)")
+    psql(host, "DROP TABLE pitr_marker")
+    segment = psql(host, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    psql(host, "SELECT pg_switch_wal()")
+    deadline = time.monotonic() + 60
+    while psql(host, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < segment:
+        assert time.monotonic() < deadline, "WAL was not archived"
+        time.sleep(1)
+    run = run_playbook(
+        "playbooks/restore.yml",
+        {"restore_host": HOST, "restore_mode": "pitr", "restore_target_time": target, "restore_cluster": "pitr",
+         "restore_port": 5434},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:]
+    try:
+        rows = host.run("runuser -u postgres -- psql -XAtq -p 5434 -d postgres -c %s",
+                        "SELECT string_agg(id::text, ',' ORDER BY id) FROM pitr_marker")  # fmt: skip
+        assert rows.rc == 0, rows.stderr
+        assert rows.stdout.strip() == "1,2,3"
+        archiving = host.run("runuser -u postgres -- psql -XAtq -p 5434 -c 'SHOW archive_mode'").stdout.strip()
+        assert archiving == "off"
+    finally:
+        host.run("pg_dropcluster --stop 15 pitr")
+
+
+def test_s3_outage_fails_clearly_and_deletes_nothing(host, s3):
+    before = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="pgops/")["Contents"]}
+    subprocess.run(["docker", "network", "disconnect", NETWORK, HOST], check=True)
+    try:
+        run = tool(host, "run")
+        assert run.rc != 0
+        assert "pgops-backup: run FAILED: S3" in run.stderr
+    finally:
+        subprocess.run(["docker", "network", "connect", "--ip", ADDRESS, NETWORK, HOST], check=True)
+    after = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="pgops/")["Contents"]}
+    assert after == before
+    again = tool(host, "run")
+    assert again.rc == 0, again.stderr
+
+
+def test_restore_drill_passes_then_fails_on_a_corrupted_dump(host, s3):
+    good = run_playbook("playbooks/restore_drill.yml", {"restore_drill_host": HOST})
+    assert good.returncode == 0, good.stdout[-3000:]
+    assert "Restore drill passed" in good.stdout
+    ident = latest_manifest(host)
+    key = f"{PREFIX}{ident}.dump"
+    original = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    corrupted = bytearray(original)
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(corrupted))
+    verify = tool(host, "verify", ident)
+    assert verify.rc != 0 and "is corrupt" in verify.stderr
+    bad = run_playbook("playbooks/restore_drill.yml", {"restore_drill_host": HOST})
+    assert bad.returncode != 0 and "is corrupt" in bad.stdout
+    assert host.run("pg_lsclusters -h").stdout.count("drill") == 0  # the scratch cluster is gone either way

@@ -1,0 +1,1 @@
+../../../pgops/backup.py
