@@ -60,7 +60,7 @@ def table_digests(host, port):
     return out.stdout
 
 
-def test_bucket_is_private_encrypted_and_versioned(s3):
+def test_bucket_is_private_encrypted_and_versioned(host, s3):
     assert s3.get_bucket_versioning(Bucket=BUCKET)["Status"] == "Enabled"
     rule = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"][0]
     assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
@@ -133,7 +133,7 @@ def test_logical_restore_equals_the_source(host):
         host.run("pg_dropcluster --stop 15 copy")
 
 
-def test_restore_refuses_to_overwrite_a_running_primary():
+def test_restore_refuses_to_overwrite_a_running_primary(host):
     run = run_playbook("playbooks/restore.yml", {"restore_host": HOST, "restore_cluster": "main", "restore_port": 5433})
     assert run.returncode != 0 and "never main" in run.stdout
 

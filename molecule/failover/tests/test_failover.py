@@ -1,7 +1,8 @@
 """Replication, failover, rejoin and switchover with real processes: a client
 writes through the multi-host connection string the whole time and every
 commit the server acknowledged must be on the primary at the end. The tests
-run in order; each leaves the cluster in the state the next one expects."""
+run in order; each leaves the cluster in the state the next one expects
+(every test takes the `host` fixture, so that pytest keeps the file order)."""
 
 import json
 import subprocess
@@ -57,7 +58,7 @@ def acked_rows_present(conninfo, writer):
     return lost
 
 
-def test_streaming_and_synchronous(tmp_path):
+def test_streaming_and_synchronous(host, tmp_path):
     primary, members = status(tmp_path)
     assert primary == "molecule-fo1"
     standbys = members["molecule-fo1"]["standbys"]
@@ -95,7 +96,7 @@ def test_failover_loses_no_acknowledged_commit(host, writer_conninfo, tmp_path):
     assert members[other]["upstream"] == NODES[primary] and members[other]["receiver_status"] == "streaming"
 
 
-def test_a_second_failover_run_finishes_the_job_and_changes_nothing(tmp_path):
+def test_a_second_failover_run_finishes_the_job_and_changes_nothing(host, tmp_path):
     run = run_playbook("playbooks/failover.yml")
     assert run.returncode == 0, run.stdout[-3000:]
     assert max(recap_changed(run.stdout).values()) == 0, run.stdout[-6000:]
@@ -104,7 +105,10 @@ def test_a_second_failover_run_finishes_the_job_and_changes_nothing(tmp_path):
 def test_old_primary_cannot_start_as_primary(host):
     subprocess.run(["docker", "start", "molecule-fo1"], check=True, capture_output=True)
     old = node(host, "molecule-fo1")
-    old.run("systemctl is-system-running --wait")
+    deadline = time.monotonic() + 90
+    while old.run(f"systemctl show -p ActiveState --value {UNIT}").stdout.strip() not in ("failed", "active"):
+        assert time.monotonic() < deadline, "the server neither started nor failed"
+        time.sleep(1)
     assert not old.service(UNIT).is_running
     journal = old.run(f"journalctl -u {UNIT} --no-pager").stdout
     assert "refusing to start 15-main as a primary" in journal, journal[-3000:]
@@ -112,7 +116,7 @@ def test_old_primary_cannot_start_as_primary(host):
         psycopg.connect(f"host={NODES['molecule-fo1']} dbname=postgres user=nobody connect_timeout=3")
 
 
-def test_rejoin_brings_it_back_as_a_standby(tmp_path):
+def test_rejoin_brings_it_back_as_a_standby(host, tmp_path):
     run = run_playbook("playbooks/rejoin.yml", {"rejoin_host": "molecule-fo1"})
     assert run.returncode == 0, run.stdout[-4000:]
     primary, members = status(tmp_path)
@@ -143,7 +147,7 @@ def test_switchover_back_loses_nothing(host, writer_conninfo, tmp_path):
     assert wait_streaming(node(host, "molecule-fo1"), 2)
 
 
-def test_site_rerun_changes_nothing_and_keeps_the_roles(tmp_path):
+def test_site_rerun_changes_nothing_and_keeps_the_roles(host, tmp_path):
     run = run_playbook("site.yml")
     assert run.returncode == 0, run.stdout[-3000:]
     assert max(recap_changed(run.stdout).values()) == 0, run.stdout[-3000:]
