@@ -51,9 +51,13 @@ def table_digests(host, port):
         "WHERE schemaname = 'payments'",
         db="payments",
     ).split()
-    sql = " UNION ALL ".join(
-        f"SELECT '{t}', count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM {t} x"
-        for t in tables
+    sql = (
+        "SELECT * FROM ("
+        + " UNION ALL ".join(
+            f"SELECT '{t}' AS t, count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM {t} x"
+            for t in tables
+        )
+        + ") d ORDER BY t"
     )
     out = host.run("runuser -u postgres -- psql -XAtq -p %s -d payments -c %s", str(port), sql)
     assert out.rc == 0, out.stderr
