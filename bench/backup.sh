@@ -9,9 +9,13 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg"
 scale=${SCALE:-5}
 out=bench/results
-primary=$(for h in pg-primary pg-standby pg-standby2; do
-  [[ $(docker exec "$h" runuser -u postgres -- psql -XAtq -c 'SELECT pg_is_in_recovery()' 2>/dev/null) == f ]] && echo "$h"
-done | head -n 1)
+primary=
+for h in pg-primary pg-standby pg-standby2; do
+  if [[ $(docker exec "$h" runuser -u postgres -- psql -XAtq -c 'SELECT pg_is_in_recovery()' 2>/dev/null) == f ]]; then
+    primary=$h; break
+  fi
+done
+[[ -n $primary ]] || { echo "no primary in the lab" >&2; exit 1; }
 target=pg-standby2
 [[ $primary == "$target" ]] && target=pg-standby
 psql_() { docker exec -i "$primary" runuser -u postgres -- psql -XAtq -d payments "$@"; }
