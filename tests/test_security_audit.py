@@ -14,29 +14,20 @@ audit = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(audit)
 
 SINCE = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
-P = "[{pid}] user={user},db=payments,app=psql,client={client} "
+EVENTS = [  # (second past 10:00, pid, user, client, message); -1 is before the window
+    (-1, 1, "eve", "10.0.0.9", 'FATAL:  password authentication failed for user "eve"'),
+    (1, 2, "eve", "10.0.0.9", 'FATAL:  password authentication failed for user "eve"'),
+    (2, 2, "eve", "10.0.0.9", 'DETAIL:  Connection matched pg_hba.conf line 12: "hostssl all all 10.0.0.0/8 scram"'),
+    (3, 3, "bob", "10.0.0.7", 'FATAL:  no pg_hba.conf entry for host "10.0.0.7", user "bob", database "payments"'),
+    (4, 4, "postgres", "[local]", "LOG:  connection authorized: user=postgres database=payments"),
+    (5, 5, "postgres", "10.0.0.8", "LOG:  connection authorized: user=postgres database=payments SSL enabled"),
+    (6, 6, "ann", "10.0.0.6", "LOG:  connection authorized: user=ann database=payments SSL enabled"),
+]
 LINES = [
-    "2026-11-24 09:59:59.000 UTC "
-    + P.format(pid=1, user="eve", client="10.0.0.9")
-    + 'FATAL:  password authentication failed for user "eve"',
-    "2026-11-24 10:00:01.000 UTC "
-    + P.format(pid=2, user="eve", client="10.0.0.9")
-    + 'FATAL:  password authentication failed for user "eve"',
-    "2026-11-24 10:00:02.000 UTC "
-    + P.format(pid=2, user="eve", client="10.0.0.9")
-    + 'DETAIL:  Connection matched pg_hba.conf line 12: "hostssl all all 10.0.0.0/8 scram-sha-256"',
-    "2026-11-24 10:00:03.000 UTC "
-    + P.format(pid=3, user="bob", client="10.0.0.7")
-    + 'FATAL:  no pg_hba.conf entry for host "10.0.0.7", user "bob", database "payments", no encryption',
-    "2026-11-24 10:00:04.000 UTC "
-    + P.format(pid=4, user="postgres", client="[local]")
-    + "LOG:  connection authorized: user=postgres database=payments",
-    "2026-11-24 10:00:05.000 UTC "
-    + P.format(pid=5, user="postgres", client="10.0.0.8")
-    + "LOG:  connection authorized: user=postgres database=payments SSL enabled",
-    "2026-11-24 10:00:06.000 UTC "
-    + P.format(pid=6, user="ann", client="10.0.0.6")
-    + "LOG:  connection authorized: user=ann database=payments SSL enabled",
+    f"{(SINCE + dt.timedelta(seconds=s)):%Y-%m-%d %H:%M:%S}.000 UTC [{pid}] user={user},db=payments,app=psql,"
+    f"client={client} {message}"
+    for s, pid, user, client, message in EVENTS
+] + [
     "\tcontinuation line of a multi-line statement",
 ]
 
