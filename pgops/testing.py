@@ -64,6 +64,28 @@ def create_login_role(host, prefix: str = "probe") -> LoginRole:
     return role
 
 
+def create_payer(conn: psycopg.Connection, label: str, password: str, full_name: str) -> dict:
+    """A merchant, a customer (through payments.create_customer, with bind
+    parameters) and the customer's card token; returns their ids and the
+    customer's username."""
+    suffix = secrets.token_hex(4)
+    username = f"{label}_{suffix}"
+    merchant = conn.execute(
+        "INSERT INTO payments.merchant (name, country_code, default_currency) VALUES (%s, 'FR', 'EUR') RETURNING id",
+        (f"{label} shop {suffix}",),
+    ).fetchone()[0]
+    customer = conn.execute(
+        "SELECT payments.create_customer(%s, %s, %s, %s)",
+        (username, password, f"{username}@example.test", full_name),
+    ).fetchone()[0]
+    method = conn.execute(
+        "INSERT INTO payments.customer_payment_method (customer_id, method_type, token, display_hint) "
+        "VALUES (%s, 'card', %s, 'Visa 4242') RETURNING id",
+        (customer, f"tok_{label}_{secrets.token_hex(12)}"),
+    ).fetchone()[0]
+    return {"merchant": merchant, "customer": customer, "method": method, "username": username}
+
+
 def connect(
     address: str, role: LoginRole, ca: Path | None, sslmode: str = "verify-full", dbname: str = "postgres", **kwargs
 ) -> psycopg.Connection:

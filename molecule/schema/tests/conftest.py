@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 
-from pgops.testing import connect, create_login_role, fetch_ca, host_address, psql, run_playbook
+from pgops.testing import connect, create_login_role, create_payer, fetch_ca, host_address, psql, run_playbook
 
 DB = "payments"
 
@@ -52,22 +52,7 @@ def db(host, tester, tmp_path_factory):
 @pytest.fixture(scope="module")
 def payer(db):
     """A merchant, a customer and the customer's card token."""
-    conn = db()
-    suffix = secrets.token_hex(4)
-    merchant = conn.execute(
-        "INSERT INTO payments.merchant (name, country_code, default_currency) VALUES (%s, 'FR', 'EUR') RETURNING id",
-        (f"Shop {suffix}",),
-    ).fetchone()[0]
-    customer = conn.execute(
-        "SELECT payments.create_customer(%s, %s, %s, %s)",
-        (f"user_{suffix}", "correct horse battery staple", f"user_{suffix}@example.test", "Jeanne Testeuse"),
-    ).fetchone()[0]
-    method = conn.execute(
-        "INSERT INTO payments.customer_payment_method (customer_id, method_type, token, display_hint) "
-        "VALUES (%s, 'card', %s, 'Visa 4242') RETURNING id",
-        (customer, f"tok_{secrets.token_hex(12)}"),
-    ).fetchone()[0]
-    return {"merchant": merchant, "customer": customer, "method": method}
+    return create_payer(db(), "user", "correct horse battery staple", "Jeanne Testeuse")
 
 
 @pytest.fixture

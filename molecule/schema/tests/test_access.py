@@ -3,12 +3,10 @@ connection as a login user of that group. Allowed cells succeed; denied ones
 fail with a permission error (SQLSTATE 42501). Nothing is left behind: each
 probe runs in a transaction that is rolled back."""
 
-import secrets
-
 import pytest
 from psycopg import errors
 
-from pgops.testing import LoginRole, connect, fetch_ca, host_address, psql
+from pgops.testing import LoginRole, connect, create_payer, fetch_ca, host_address, psql
 
 testinfra_hosts = ["ansible://molecule-schema1"]
 
@@ -53,28 +51,15 @@ def as_user(host, ca):
 @pytest.fixture(scope="module", autouse=True)
 def some_rows(as_user):
     """A customer and an audited transaction exist, so the PII and audit probes touch real rows."""
-    suffix = secrets.token_hex(4)
     with as_user("payments_app") as conn:
-        merchant = conn.execute(
-            "INSERT INTO payments.merchant (name, country_code, default_currency) VALUES ('Matrix', 'FR', 'EUR') "
-            "RETURNING id"
-        ).fetchone()[0]
-        customer = conn.execute(
-            "SELECT payments.create_customer(%s, %s, %s, %s)",
-            (f"matrix_{suffix}", "matrix password 123", f"matrix_{suffix}@example.test", "Marie Matrix"),
-        ).fetchone()[0]
-        method = conn.execute(
-            "INSERT INTO payments.customer_payment_method (customer_id, method_type, token) "
-            "VALUES (%s, 'card', %s) RETURNING id",
-            (customer, f"tok_matrix_{suffix}_0123456789"),
-        ).fetchone()[0]
+        payer = create_payer(conn, "matrix", "matrix password 123", "Marie Matrix")
         conn.execute(
             "SELECT * FROM payments.authorize(%s, %s, %s, %s, 1000::bigint, 'EUR', '192.0.2.1'::inet, "
             "'desktop', 0.1::numeric, 'model-1')",
-            (merchant, f"matrix-{suffix}", customer, method),
+            (payer["merchant"], f"matrix-{payer['username']}", payer["customer"], payer["method"]),
         )
         conn.commit()
-    return f"matrix_{suffix}"
+    return payer["username"]
 
 
 @pytest.mark.parametrize("group", sorted(USERS))
