@@ -4,15 +4,15 @@ real client connections from the controller over the lab network."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import secrets
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+
+from pgops import runner
 
 PG_VERSION = 15
 CLUSTER = "main"
@@ -111,25 +111,14 @@ def run_playbook(
     limit: str | None = None,
     check: bool = False,
     inventory: str | None = None,
-):
+) -> runner.JobResult:
     """Run one of the project's playbooks against the scenario's inventory
-    (MOLECULE_INVENTORY_FILE) the way an operator would, and return the
-    completed process with its output."""
-    project = Path(os.environ.get("PROJECT_DIR", Path(__file__).resolve().parent.parent))
-    inventory = inventory or os.environ["MOLECULE_INVENTORY_FILE"]
-    cmd = [str(project / ".venv/bin/ansible-playbook"), str(project / playbook), "-i", inventory]
-    if extra_vars:
-        cmd += ["-e", json.dumps(extra_vars)]
-    if limit:
-        cmd += ["--limit", limit]
-    if check:
-        cmd.append("--check")
-    env = {k: v for k, v in os.environ.items() if k != "ANSIBLE_CONFIG"}
-    env["ANSIBLE_CONFIG"] = str(project / "ansible.cfg")
-    env["ANSIBLE_ROLES_PATH"] = str(project / "roles")
-    # Plain, unwrapped output, so that messages and the recap can be searched.
-    env.update(ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_CALLBACK_RESULT_FORMAT="json")
-    return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    (MOLECULE_INVENTORY_FILE) as an AWX job would: through ansible-runner,
+    with a private data directory and none of the caller's ANSIBLE_*
+    settings. The result has the run's status, rc (`returncode`), output,
+    per-host stats and set_stats artifacts."""
+    inventory = Path(inventory or os.environ["MOLECULE_INVENTORY_FILE"])
+    return runner.run(playbook, inventory, extra_vars, check=check, limit=limit, job_timeout=900)
 
 
 def recap_changed(output: str) -> dict[str, int]:
