@@ -5,12 +5,15 @@ run in order; each leaves the cluster in the state the next one expects
 (every test takes the `host` fixture, so that pytest keeps the file order)."""
 
 import json
+import os
 import subprocess
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from pgops import runner
 from pgops.testing import create_login_role, fetch_ca, psql, recap_changed, run_playbook
 from pgops.writer import TABLE_DDL, AckWriter, multi_host_conninfo
 
@@ -166,3 +169,32 @@ def test_losing_one_synchronous_standby_does_not_stop_writes(host, writer_connin
         subprocess.run(["docker", "start", "molecule-fo3"], check=True, capture_output=True)
     node(host, "molecule-fo3").run("systemctl is-system-running --wait")
     assert wait_streaming(node(host, "molecule-fo1"), 2)
+
+
+def test_awx_workflow_failover_rejoin_status(host, tmp_path):
+    """The AWX workflow "Failover, rejoin, status" through ansible-runner,
+    node after node as AWX runs it. The primary's server stops while its host
+    stays up. Unconfirmed, the workflow stops at its first node with nothing
+    changed. Confirmed, a standby is promoted, the former primary is fenced
+    and handed to the Rejoin node (set_stats artifact), which rewinds it into
+    a standby of the new primary; Status runs last."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"])
+    workflow = "Failover, rejoin, status"
+    old = node(host, "molecule-fo1")
+    assert old.run(f"systemctl stop {UNIT}").rc == 0
+    unconfirmed = runner.run_workflow(workflow, inventory)
+    assert [(i, r.status) for i, r in unconfirmed] == [("failover", "failed")]
+    assert "Failover not confirmed (failover_confirm), nothing changed" in unconfirmed[0][1].stdout
+    assert max(unconfirmed[0][1].changed().values()) == 0
+    ran = runner.run_workflow(workflow, inventory, {"failover_confirm": "yes"})
+    assert [(i, r.status) for i, r in ran] == [
+        ("failover", "successful"),
+        ("rejoin", "successful"),
+        ("status", "successful"),
+    ], "\n".join(r.stdout[-3000:] for _, r in ran)
+    assert ran[0][1].artifacts["rejoin_host"] == "molecule-fo1"
+    primary, members = status(tmp_path)
+    assert primary in ("molecule-fo2", "molecule-fo3") and ran[0][1].artifacts["failover_promoted"] == primary
+    assert members["molecule-fo1"]["in_recovery"] and members["molecule-fo1"]["receiver_status"] == "streaming"
+    assert members["molecule-fo1"]["upstream"] == NODES[primary]
+    assert not node(host, primary).file("/var/lib/pgops/fenced/molecule-fo1").exists

@@ -1,0 +1,139 @@
+"""The operations as AWX runs them: each job template of roles/awx launched
+through ansible-runner's Python API (pgops.runner), with its survey applied
+the way AWX applies it, against the scenario's server and S3 endpoint. Every
+test asserts the job's status and its effect. The tests run in file order
+(each takes the `host` fixture) after test_backup.py."""
+
+import json
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+
+from pgops import runner
+from pgops.testing import psql
+
+testinfra_hosts = ["ansible://molecule-backup1"]
+
+HOST = "molecule-backup1"
+BUCKET = "pgops-molecule-backups"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    return boto3.client(
+        "s3",
+        endpoint_url="http://172.29.63.1:9001",
+        region_name="us-east-1",
+        aws_access_key_id="molecule-only-access-key",
+        aws_secret_access_key="molecule-only-secret-key",
+    )
+
+
+def launch(name, answers=None, check=False):
+    return runner.launch_template(name, Path(os.environ["MOLECULE_INVENTORY_FILE"]), answers, check, job_timeout=900)
+
+
+def keys(s3, prefix):
+    return {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])}
+
+
+def refund_partitions(host):
+    return psql(host, "SELECT partition_tablename FROM partman.show_partitions('payments.refund')", "payments").split()
+
+
+def test_partition_maintenance_premakes_missing_partitions_with_the_parents_grants(host):
+    newest = refund_partitions(host)[-2:]
+    psql(host, f"DROP TABLE payments.{newest[0]}, payments.{newest[1]}", "payments")
+    checked = launch("Partition maintenance", check=True)
+    assert checked.status == "successful" and max(checked.changed().values(), default=0) == 0, checked.stdout[-3000:]
+    assert newest[1] not in refund_partitions(host)
+    job = launch("Partition maintenance")
+    assert job.status == "successful", job.stdout[-3000:]
+    assert job.changed().get(HOST) == 1
+    assert refund_partitions(host)[-2:] == newest
+    # Owner and grants of the parent (reads only: refunds are append-only),
+    # not postgres' default privileges.
+    acl = (
+        "SELECT relowner::regrole, array(SELECT unnest(relacl)::text ORDER BY 1) FROM pg_class WHERE oid = %s::regclass"
+    )
+    parent = psql(host, acl % "'payments.refund'", "payments")
+    assert psql(host, acl % f"'payments.{newest[1]}'", "payments") == parent
+    assert launch("Partition maintenance").changed().get(HOST) == 0
+
+
+def test_partition_maintenance_fails_on_rows_in_a_default_partition(host):
+    """A payment dated beyond the premade partitions lands in the default one."""
+    psql(
+        host,
+        "WITH m AS (INSERT INTO payments.merchant (name, country_code, default_currency) "
+        "           VALUES ('ops probe', 'FR', 'EUR') RETURNING id), "
+        "c AS (SELECT payments.create_customer('ops_probe', 'ops-probe-password-1', 'ops@example.test', 'Ops') AS id), "
+        "pm AS (INSERT INTO payments.customer_payment_method (customer_id, method_type, token, display_hint) "
+        "       SELECT id, 'card', 'tok_ops_probe', 'Visa 4242' FROM c RETURNING id, customer_id) "
+        "INSERT INTO payments.transaction (created_at, merchant_id, customer_id, payment_method_id, amount, currency, "
+        "status, device_type) SELECT now() + interval '3 years', m.id, pm.customer_id, pm.id, 100, 'EUR', 'pending', "
+        "'desktop' FROM m, pm",
+        "payments",
+    )
+    try:
+        job = launch("Partition maintenance")
+        assert job.status == "failed"
+        assert "Rows in the default partition of payments.transaction" in job.stdout
+    finally:
+        # The table is append-only; the lab removes its probe row as replica.
+        psql(
+            host,
+            "SET session_replication_role = replica; "
+            "DELETE FROM payments.transaction_default WHERE created_at > now() + interval '2 years'",
+            "payments",
+        )
+
+
+def test_deploy_in_check_mode_changes_nothing(host):
+    job = launch("Deploy", check=True)
+    assert job.status == "successful", job.stdout[-3000:]
+    assert job.changed() and max(job.changed().values()) == 0, job.changed()
+
+
+def test_status_names_the_primary(host):
+    job = launch("Status")
+    assert job.status == "successful", job.stdout[-3000:]
+    assert f'"primary_is": "{HOST}"' in job.stdout
+
+
+def test_backup_now_uploads_a_dump_and_a_base_backup(host, s3):
+    before_dumps = keys(s3, "pgops/payments/logical/manifests/")
+    before_base = {k for k in keys(s3, "pgops/payments/barman/") if k.endswith("backup.info")}
+    job = launch("Backup now", {"backup_now_kind": "both"})
+    assert job.status == "successful", job.stdout[-3000:]
+    status = json.loads(host.file("/var/lib/pgops/backup/last_success.json").content_string)
+    assert keys(s3, "pgops/payments/logical/manifests/") - before_dumps == {
+        f"pgops/payments/logical/manifests/{status['id']}.json"
+    }
+    assert f"last good logical backup {status['id']}" in job.stdout
+    after_base = {k for k in keys(s3, "pgops/payments/barman/") if k.endswith("backup.info")}
+    assert len(after_base - before_base) == 1
+
+
+def test_backup_now_refuses_an_unknown_kind_before_anything_runs(host):
+    with pytest.raises(runner.LaunchError, match="not one of"):
+        launch("Backup now", {"backup_now_kind": "incremental"})
+    job = runner.run("playbooks/backup_now.yml", Path(os.environ["MOLECULE_INVENTORY_FILE"]), {"backup_now_kind": "x"})
+    assert job.status == "failed" and "backup_now_kind must be logical, base or both" in job.stdout
+    assert max(job.changed().values(), default=0) == 0
+
+
+def test_restore_drill_with_the_default_host(host):
+    job = launch("Restore drill")
+    assert job.status == "successful", job.stdout[-3000:]
+    assert "Restore drill passed" in job.stdout
+    assert "drill" not in host.run("pg_lsclusters -h").stdout
+
+
+def test_security_audit_is_clean(host):
+    job = launch("Security audit")
+    assert job.status == "successful", job.stdout[-3000:]
+    strict = launch("Security audit", {"security_audit_fail_on": "info"})
+    assert strict.status == "failed"  # info findings exist, so the threshold is applied
