@@ -58,7 +58,10 @@ class JobResult:
         return self.rc
 
     def changed(self) -> dict[str, int]:
-        return dict(self.stats.get("changed", {}))
+        """changed= per host, every host of the recap (runner's stats list
+        a host under a category only when its count is not zero)."""
+        hosts = {h for category in self.stats.values() if isinstance(category, dict) for h in category}
+        return {h: self.stats.get("changed", {}).get(h, 0) for h in sorted(hosts)}
 
 
 def prepare(

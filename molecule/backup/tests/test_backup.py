@@ -7,9 +7,6 @@ import json
 import subprocess
 import time
 
-import boto3
-import pytest
-
 from pgops.backup import Manifest, backup_id, plan_retention, tiers_for
 from pgops.testing import psql, run_playbook
 
@@ -20,17 +17,6 @@ NETWORK = "pgops-molecule-backup"
 ADDRESS = "172.29.63.10"
 BUCKET = "pgops-molecule-backups"
 PREFIX = "pgops/payments/logical/dumps/"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    return boto3.client(
-        "s3",
-        endpoint_url="http://172.29.63.1:9001",
-        region_name="us-east-1",
-        aws_access_key_id="molecule-only-access-key",
-        aws_secret_access_key="molecule-only-secret-key",
-    )
 
 
 def tool(host, *args, config="/etc/pgops/backup.json"):

@@ -8,7 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import boto3
 import pytest
 
 from pgops import runner
@@ -18,17 +17,6 @@ testinfra_hosts = ["ansible://molecule-backup1"]
 
 HOST = "molecule-backup1"
 BUCKET = "pgops-molecule-backups"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    return boto3.client(
-        "s3",
-        endpoint_url="http://172.29.63.1:9001",
-        region_name="us-east-1",
-        aws_access_key_id="molecule-only-access-key",
-        aws_secret_access_key="molecule-only-secret-key",
-    )
 
 
 def launch(name, answers=None, check=False):
@@ -51,7 +39,7 @@ def test_partition_maintenance_premakes_missing_partitions_with_the_parents_gran
     assert newest[1] not in refund_partitions(host)
     job = launch("Partition maintenance")
     assert job.status == "successful", job.stdout[-3000:]
-    assert job.changed().get(HOST) == 1
+    assert job.changed()[HOST] == 1
     assert refund_partitions(host)[-2:] == newest
     # Owner and grants of the parent (reads only: refunds are append-only),
     # not postgres' default privileges.
@@ -60,7 +48,7 @@ def test_partition_maintenance_premakes_missing_partitions_with_the_parents_gran
     )
     parent = psql(host, acl % "'payments.refund'", "payments")
     assert psql(host, acl % f"'payments.{newest[1]}'", "payments") == parent
-    assert launch("Partition maintenance").changed().get(HOST) == 0
+    assert launch("Partition maintenance").changed()[HOST] == 0
 
 
 def test_partition_maintenance_fails_on_rows_in_a_default_partition(host):
@@ -71,7 +59,7 @@ def test_partition_maintenance_fails_on_rows_in_a_default_partition(host):
         "           VALUES ('ops probe', 'FR', 'EUR') RETURNING id), "
         "c AS (SELECT payments.create_customer('ops_probe', 'ops-probe-password-1', 'ops@example.test', 'Ops') AS id), "
         "pm AS (INSERT INTO payments.customer_payment_method (customer_id, method_type, token, display_hint) "
-        "       SELECT id, 'card', 'tok_ops_probe', 'Visa 4242' FROM c RETURNING id, customer_id) "
+        "       SELECT id, 'card', 'tok_ops_' || md5(random()::text), 'Visa 4242' FROM c RETURNING id, customer_id) "
         "INSERT INTO payments.transaction (created_at, merchant_id, customer_id, payment_method_id, amount, currency, "
         "status, device_type) SELECT now() + interval '3 years', m.id, pm.customer_id, pm.id, 100, 'EUR', 'pending', "
         "'desktop' FROM m, pm",
