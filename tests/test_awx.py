@@ -198,7 +198,9 @@ def test_nothing_prompts():
         text = path.read_text()
         for match in re.finditer(r"ansible\.builtin\.pause:(.*?)(?=\n\S|\n  - |\Z)", text, re.S):
             assert re.search(r"seconds|minutes", match.group(1)), f"{path}: pause without a timeout"
-    assert not re.search(r"^\s*ask_\w+\s*=\s*(true|yes|1)", (ROOT / "ansible.cfg").read_text(), re.M | re.I)
+    config = (ROOT / "ansible.cfg").read_text()
+    assert not re.search(r"^\s*ask_\w+\s*=\s*(true|yes|1)", config, re.M | re.I)
+    assert "StrictHostKeyChecking=accept-new" in config  # no host-key prompt, changed keys refused
 
 
 def test_awx_configure_passes_syntax_check_and_refuses_bad_input_before_any_change():
