@@ -282,3 +282,28 @@ def test_every_operation_has_a_guide_page(operation):
     if "playbook" in operation:
         assert f"`{operation['playbook']}`" in text
     assert f"({page.name})" in (GUIDE / "README.md").read_text(), "the guide's index does not link it"
+
+
+def test_runner_cli_refuses_a_bad_launch_before_any_job(capsys):
+    assert runner.main(["-i", "inventories/lab", "--template", "Backup now", "-e", "backup_now_kind=incremental"]) == 2
+    assert "launch refused: backup_now_kind: 'incremental' is not one of" in capsys.readouterr().err
+    assert runner.main(["-i", "inventories/lab", "--template", "Reboot everything"]) == 2
+
+
+def test_runner_runs_a_job_like_awx(tmp_path, monkeypatch):
+    """A real ansible-runner job (the AWX configuration playbook, which needs
+    no host): the project's ansible.cfg applies although the caller's
+    ANSIBLE_CONFIG points elsewhere, the answers reach the play, the job's
+    output and stats come back, and the kept private data dir has the run's
+    artifacts."""
+    monkeypatch.setenv("ANSIBLE_CONFIG", str(tmp_path / "nowhere.cfg"))
+    result = runner.run(
+        "playbooks/awx_configure.yml",
+        ROOT / "inventories/lab",
+        {"awx_host": "https://awx.invalid"},
+        private_data_dir=tmp_path / "job",
+    )
+    assert result.status == "failed" and result.rc != 0
+    assert "AWX configuration refused, nothing changed" in result.stdout
+    assert result.changed() == {"localhost": 0}
+    assert (tmp_path / "job/artifacts").is_dir() and os.environ["ANSIBLE_CONFIG"] == str(tmp_path / "nowhere.cfg")
