@@ -113,6 +113,11 @@ def awx_definitions(project: Path = PROJECT) -> dict:
     return yaml.safe_load((project / "roles/awx/defaults/main.yml").read_text())
 
 
+def survey_defaults(survey: list[dict]) -> dict:
+    """What AWX passes for questions left unanswered: the non-blank defaults."""
+    return {q["variable"]: q["default"] for q in survey if q.get("default", "") != ""}
+
+
 def survey_vars(survey: list[dict], answers: dict) -> dict:
     """Extra vars from a survey: defaults, then the answers, checked the way
     AWX checks them (known variable, type, choices, bounds, required)."""
@@ -178,7 +183,7 @@ def run_workflow(name: str, inventory: Path, answers: dict | None = None, **kwar
         identifier = pending.pop(0)
         node = nodes[identifier]
         template = templates[node["job_template"]]
-        extravars = {q["variable"]: q["default"] for q in template["survey"] if q.get("default", "") != ""}
+        extravars = survey_defaults(template["survey"])
         extravars.update(workflow_vars)
         extravars.update(artifacts)
         result = run(template["playbook"], inventory, extravars, **kwargs)

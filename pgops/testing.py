@@ -45,15 +45,16 @@ class LoginRole:
     password: str
 
 
-def _load_scram():
-    path = Path(__file__).resolve().parent.parent / "plugins/filter/pgops_scram.py"
-    spec = importlib.util.spec_from_file_location("pgops_scram", path)
+def load_filter(name: str):
+    """One of the project's filter plugins (plugins/filter/<name>.py) as a module."""
+    path = Path(__file__).resolve().parent.parent / "plugins/filter" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-scram = _load_scram()
+scram = load_filter("pgops_scram")
 
 
 def create_login_role(host, prefix: str = "probe") -> LoginRole:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pgops import runner
+from pgops.testing import load_filter
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -24,16 +25,7 @@ GUIDE = ROOT / "docs/operations"
 SECTIONS = ["## When", "## Inputs", "## What it changes", "## How to verify", "## How to back out"]
 
 
-def _load_filter():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pgops_awx", ROOT / "plugins/filter/pgops_awx.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-awx_filters = _load_filter()
+awx_filters = load_filter("pgops_awx")
 
 
 def role_inputs(name: str) -> set[str]:

@@ -1,14 +1,10 @@
 """SCRAM verifiers made on the controller match the ones PostgreSQL makes."""
 
 import base64
-import importlib.util
-from pathlib import Path
 
-spec = importlib.util.spec_from_file_location(
-    "pgops_scram", Path(__file__).resolve().parent.parent / "plugins/filter/pgops_scram.py"
-)
-scram = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(scram)
+from pgops.testing import load_filter
+
+scram = load_filter("pgops_scram")
 
 # Made by PostgreSQL 15: CREATE ROLE r PASSWORD 'correct-horse-battery'.
 SERVER_MADE = (
