@@ -35,19 +35,23 @@ lab-destroy:
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml -e lab_state=absent
 	lab/s3.sh stop $(LAB_GATEWAY) $(LAB_S3_PORT)
 
-test: bootstrap lint unit molecule
+# Every step is timed (pgops/steps.py); the table is printed at the end,
+# whether the run passed or not.
+STEP := python -m pgops.steps run
+
+test: bootstrap
+	@python -m pgops.steps reset
+	@rc=0; $(MAKE) --no-print-directory lint unit molecule || rc=$$?; \
+	  echo "== step timings"; python -m pgops.steps report; exit $$rc
 
 lint:
-	yamllint --strict .
-	ansible-lint
-	ruff check .
-	ruff format --check .
+	@$(STEP) lint -- bash -c 'yamllint --strict . && ansible-lint && ruff check . && ruff format --check .'
 
 unit:
-	pytest -q tests
+	@$(STEP) unit -- pytest -q tests
 
 molecule:
-	@for s in $(SCENARIOS); do echo "== molecule scenario $$s"; molecule test -s $$s || exit 1; done
+	@for s in $(SCENARIOS); do echo "== molecule scenario $$s"; $(STEP) "molecule $$s" -- molecule test -s $$s || exit 1; done
 
 SCALE ?= 1
 
