@@ -74,3 +74,36 @@ def test_a_file_older_than_the_newest_applied_one_is_refused():
     applied = files("V0001__a.sql", "V0003__c.sql")
     with pytest.raises(migrate.MigrationError, match="out of order"):
         migrate.plan(files("V0001__a.sql", "V0002__b.sql", "V0003__c.sql"), ledger_of(applied))
+
+
+def test_statements_are_split_at_top_level_semicolons_only():
+    sql = """-- pgops: no-transaction
+CREATE INDEX CONCURRENTLY IF NOT EXISTS a ON t (x); -- trailing; comment
+/* a ; comment /* nested ; */ still */ SELECT 'it''s; quoted', "odd;name", E'esc\\'; aped';
+CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $fn$ SELECT 1; $fn$;
+DO $$ BEGIN PERFORM 1; END $$;
+SELECT $1, x$y FROM t;
+-- only a comment at the end;
+"""
+    statements = migrate.split_statements(sql)
+    assert len(statements) == 5, statements
+    assert statements[0].endswith("ON t (x);")
+    assert "'it''s; quoted'" in statements[1] and "E'esc\\'; aped'" in statements[1]
+    assert statements[2].endswith("$fn$ SELECT 1; $fn$;")
+    assert statements[3] == "DO $$ BEGIN PERFORM 1; END $$;"
+    assert statements[4].startswith("SELECT $1, x$y")
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("-- pgops: no-transaction\nCREATE INDEX CONCURRENTLY i ON t (x);\n", True),
+        ("-- Adds an index.\n--   pgops:  no-transaction  \n\nCREATE INDEX CONCURRENTLY i ON t (x);\n", True),
+        ("CREATE TABLE t (x int);\n-- pgops: no-transaction\n", False),
+        ("-- pgops: no-transactions\nCREATE TABLE t (x int);\n", False),
+        ("CREATE TABLE t (x int);\n", False),
+    ],
+)
+def test_only_a_leading_marker_makes_a_migration_non_transactional(sql, expected):
+    assert migrate.is_non_transactional(sql) is expected
+    assert migrate.parse([{"name": "V0001__a.sql", "sql": sql}])[0]["transactional"] is not expected

@@ -117,3 +117,61 @@ def test_backup_age(tmp_path):
     assert age == 36.0 and findings[0]["severity"] == "high"
     findings, _ = audit.backup_age(str(status), 48, now)
     assert findings[0]["severity"] == "info"
+
+
+def fn(signature, owner, body="", secdef=False, config=None, schema="payments", public_execute=False):
+    return {"signature": signature, "name": signature.split("(")[0].split(".")[-1], "schema": schema, "owner": owner,
+            "secdef": secdef, "config": config, "body": body, "public_execute": public_execute}  # fmt: skip
+
+
+def test_calls_are_read_outside_string_literals():
+    body = "SELECT payments.pii_key(1), coalesce(x, 0) FROM t; EXECUTE format('SELECT evil(%s)', 1);"
+    assert audit.called_names(body) == {("payments", "pii_key"), (None, "coalesce"), (None, "format")}
+
+
+def test_privileged_code_calling_replaceable_invoker_code_is_critical():
+    helper = fn("payments.helper()", "payments_owner")
+    definer_helper = fn("payments.safe()", "payments_owner", secdef=True, config=["search_path=pg_catalog"])
+    own = fn("payments.pii_key(integer)", "pii_keyholder")
+    procs = [helper, definer_helper, own]
+    functions = [
+        fn(
+            "payments.pii_encrypt(text)",
+            "pii_keyholder",
+            "SELECT payments.helper(); SELECT pii_key(1)",
+            True,
+            ["search_path=pg_catalog, payments"],
+        ),  # fmt: skip
+        fn("public.super()", "postgres", "PERFORM payments.safe(); PERFORM helper()", True, ["search_path=pg_catalog"]),
+        fn("payments.app()", "payments_owner", "PERFORM payments.helper()", True, ["search_path=pg_catalog"]),
+    ]
+    found = audit.check_privileged_calls(functions, procs, {"postgres"}, {"pii_keyholder"})
+    # pii_encrypt calls the owner's invoker helper (critical) and its own key function (fine); the superuser's
+    # function calls a definer (fine) and an unqualified helper outside its pinned path (fine); the owner's own
+    # code is not privileged.
+    assert [(f["severity"], f["subject"], f["detail"]) for f in found] == [
+        ("critical", "payments.pii_encrypt(text)",
+         "runs as pii_keyholder and calls payments.helper(), owned by payments_owner"),
+    ]  # fmt: skip
+
+
+def test_definers_need_a_pinned_search_path_and_no_public_execute():
+    functions = [
+        fn("a()", "x", secdef=True, config=None, public_execute=True),
+        fn("b()", "x", secdef=True, config=["search_path=pg_catalog, pg_temp"]),
+        fn("c()", "x", secdef=False, config=None, public_execute=True),
+    ]
+    assert [f["subject"] for f in audit.check_definer_search_path(functions)] == ["a()"]
+    assert [f["subject"] for f in audit.check_public_definers(functions)] == ["a()"]
+    assert audit.pinned_search_path(["work_mem=1MB", 'search_path="$user", public']) == ["$user", "public"]
+
+
+def test_writes_on_protected_tables_are_high_unless_allowed():
+    grants = [
+        {"object": "payments.transaction", "grantee": "developer", "privilege": "INSERT"},
+        {"object": "payments.customer.password_hash", "grantee": "pgaudit_auditor", "privilege": "UPDATE"},
+    ]
+    found = audit.check_protected_dml(grants, {"payments_owner", "pgaudit_auditor"})
+    assert [(f["severity"], f["subject"], f["detail"]) for f in found] == [
+        ("high", "payments.transaction", "developer may INSERT")
+    ]

@@ -30,6 +30,25 @@ options:
   backup_max_age_hours: {type: int, default: 26, description: Older than this is high.}
   cert_warn_days: {type: int, default: 30, description: Server certificate expiring sooner is high.}
   host: {type: str, default: "", description: Name given to every finding (the inventory name).}
+  database: {type: str, default: payments, description: Database of the protected tables.}
+  owner_roles: {type: list, elements: str, default: [payments_owner], description: Roles no login may be a member of.}
+  key_roles: {type: list, elements: str, default: [], description: Key owners; like owners, and privileged code.}
+  protected_tables:
+    type: list
+    elements: str
+    default: []
+    description: Tables (schema.table) and their partitions that only dml_allowed_roles may write.
+  protected_columns:
+    type: list
+    elements: str
+    default: []
+    description: Columns (schema.table.column) that only dml_allowed_roles may write.
+  dml_allowed_roles: {type: list, elements: str, default: [], description: Roles that may write protected tables.}
+  trigger_schemas:
+    type: list
+    elements: str
+    default: [payments]
+    description: Schemas whose triggers must be enabled.
 """
 
 RETURN = r"""
@@ -174,6 +193,97 @@ def check_public(grants, allowed):
     return findings
 
 
+CALL_RE = re.compile(r'(?:"?([A-Za-z_][A-Za-z0-9_$]*)"?\s*\.\s*)?"?([A-Za-z_][A-Za-z0-9_$]*)"?\s*\(')
+
+
+STRING_RE = re.compile(r"'(?:[^']|'')*'")
+
+
+def called_names(body):
+    """(schema or None, name) of everything that looks like a call in a
+    function body, outside string literals (dynamic SQL cannot be read this
+    way); resolving them against the catalog weeds out keywords."""
+    return {(m.group(1), m.group(2)) for m in CALL_RE.finditer(STRING_RE.sub("''", body or ""))}
+
+
+def pinned_search_path(proconfig):
+    for item in proconfig or []:
+        if item.startswith("search_path="):
+            return [p.strip().strip('"') for p in item.split("=", 1)[1].split(",") if p.strip()]
+    return None
+
+
+def check_definer_search_path(functions):
+    """SECURITY DEFINER code without a pinned search_path runs whatever a
+    caller's search_path finds first."""
+    return [
+        finding("high", "definer_search_path", f["signature"], f"definer of {f['owner']}: search_path not pinned")
+        for f in functions
+        if f["secdef"] and pinned_search_path(f["config"]) is None
+    ]
+
+
+def check_privileged_calls(functions, procs, superusers, key_roles):
+    """Code that runs with a superuser's or a key owner's privileges must not
+    call SECURITY INVOKER code another role owns: that role could replace it
+    and run anything with those privileges."""
+    by_name = {}
+    for p in procs:
+        by_name.setdefault(p["name"], []).append(p)
+    findings = []
+    for f in functions:
+        if f["owner"] not in superusers and f["owner"] not in key_roles:
+            continue
+        path = pinned_search_path(f["config"])
+        for schema, name in sorted(called_names(f["body"]), key=lambda x: (x[0] or "", x[1])):
+            for callee in by_name.get(name, []):
+                if schema is not None and callee["schema"] != schema:
+                    continue
+                if schema is None and path is not None and callee["schema"] not in path:
+                    continue
+                if callee["owner"] in superusers or callee["owner"] == f["owner"] or callee["secdef"]:
+                    continue
+                findings.append(
+                    finding(
+                        "critical",
+                        "privileged_calls_foreign_code",
+                        f["signature"],
+                        f"runs as {f['owner']} and calls {callee['signature']}, owned by {callee['owner']}",
+                    )
+                )
+    return findings
+
+
+def check_public_definers(functions):
+    return [
+        finding("high", "definer_public_execute", f["signature"], f"SECURITY DEFINER owned by {f['owner']}")
+        for f in functions
+        if f["secdef"] and f["public_execute"]
+    ]
+
+
+def check_owner_members(members):
+    return [
+        finding("critical", "owner_member", m["member"], f"login member of {m['role']}: acts as the owner")
+        for m in members
+    ]
+
+
+def check_protected_dml(grants, allowed):
+    return [
+        finding("high", "protected_dml", g["object"], f"{g['grantee']} may {g['privilege']}")
+        for g in grants
+        if g["grantee"] not in allowed
+    ]
+
+
+def check_disabled_triggers(triggers):
+    return [
+        finding("high", "disabled_trigger", f"{t['table']}.{t['trigger']}", f"trigger disabled ({t['enabled']})")
+        for t in triggers
+    ]
+
+
 def backup_age(path, max_hours, now):
     if not path or not os.path.exists(path):
         return [finding("info", "backup", path or "-", "no backup status yet")], None
@@ -228,8 +338,70 @@ SELECT rolname, rolsuper, rolcreaterole, rolbypassrls, rolreplication, rolcanlog
 """
 
 
+# Every non-extension function outside the system schemas: owner, SECURITY
+# DEFINER, pinned settings, body, and whether PUBLIC may execute it.
+FUNCTIONS_SQL = """
+SELECT p.oid::regprocedure::text AS signature, n.nspname AS schema, p.proname AS name,
+       pg_get_userbyid(p.proowner) AS owner, p.prosecdef AS secdef, p.proconfig AS config,
+       coalesce(pg_get_function_sqlbody(p.oid), p.prosrc) AS body,
+       (p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a
+                                     WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')) AS public_execute
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                                               AND d.deptype = 'e')
+"""
+OWNER_MEMBERS_SQL = """
+SELECT l.rolname AS member, o.rolname AS role FROM pg_roles l CROSS JOIN pg_roles o
+ WHERE l.rolcanlogin AND NOT l.rolsuper AND o.rolname = ANY(%(roles)s) AND l.oid <> o.oid
+   AND pg_has_role(l.oid, o.oid, 'MEMBER')
+"""
+# Write privileges on the protected tables and their partitions, and on
+# the protected columns.
+PROTECTED_DML_SQL = """
+WITH rels AS (
+  SELECT t.relid AS rel FROM unnest(%(tables)s::text[]) name
+   CROSS JOIN LATERAL (SELECT to_regclass(name) AS r) x
+   CROSS JOIN LATERAL (SELECT x.r AS relid UNION ALL SELECT relid FROM pg_partition_tree(x.r) WHERE level > 0) t
+   WHERE x.r IS NOT NULL
+)
+SELECT DISTINCT c.oid::regclass::text AS object, coalesce(pg_get_userbyid(a.grantee), 'PUBLIC') AS grantee,
+       a.privilege_type AS privilege
+  FROM rels JOIN pg_class c ON c.oid = rels.rel CROSS JOIN LATERAL aclexplode(c.relacl) a
+ WHERE a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') AND a.grantee <> c.relowner
+UNION
+SELECT format('%%s.%%s', at.attrelid::regclass, at.attname), coalesce(pg_get_userbyid(a.grantee), 'PUBLIC'),
+       a.privilege_type
+  FROM unnest(%(columns)s::text[]) col
+ CROSS JOIN LATERAL (SELECT to_regclass(regexp_replace(col, '\\.[^.]+$', '')) AS r,
+                            regexp_replace(col, '^.*\\.', '') AS attname) x
+  JOIN pg_attribute at ON at.attrelid = x.r AND at.attname = x.attname
+ CROSS JOIN LATERAL aclexplode(at.attacl) a
+ WHERE a.privilege_type IN ('INSERT', 'UPDATE')
+UNION
+SELECT format('%%s.%%s', c.oid::regclass, x.attname), coalesce(pg_get_userbyid(a.grantee), 'PUBLIC'),
+       a.privilege_type
+  FROM unnest(%(columns)s::text[]) col
+ CROSS JOIN LATERAL (SELECT to_regclass(regexp_replace(col, '\\.[^.]+$', '')) AS r,
+                            regexp_replace(col, '^.*\\.', '') AS attname) x
+  JOIN pg_class c ON c.oid = x.r
+ CROSS JOIN LATERAL aclexplode(c.relacl) a
+ WHERE a.privilege_type IN ('INSERT', 'UPDATE') AND a.grantee <> c.relowner
+"""
+DISABLED_TRIGGERS_SQL = """
+SELECT tg.tgrelid::regclass::text AS table, tg.tgname AS trigger, tg.tgenabled AS enabled
+  FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE NOT tg.tgisinternal AND tg.tgenabled IN ('D', 'R') AND n.nspname = ANY(%(schemas)s)
+"""
+
+
 def collect(module, psycopg, params, now, since):
-    conninfo = {"host": params["login_unix_socket"], "port": params["login_port"]}
+    # Names come out schema-qualified (pg_catalog only on the search_path).
+    conninfo = {
+        "host": params["login_unix_socket"],
+        "port": params["login_port"],
+        "options": "-c search_path=pg_catalog",
+    }
     findings, summary = [], {}
     with psycopg.connect(dbname="postgres", autocommit=True, **conninfo) as conn:
         cur = conn.cursor(row_factory=psycopg.rows.dict_row)
@@ -277,12 +449,26 @@ def collect(module, psycopg, params, now, since):
                 finding("high", "tls", settings["ssl_cert_file"], f"expires in {summary['cert_days_left']} days")
             )
         databases = [r["datname"] for r in cur.execute("SELECT datname FROM pg_database WHERE datallowconn")]
+        members = cur.execute(OWNER_MEMBERS_SQL, {"roles": params["owner_roles"] + params["key_roles"]}).fetchall()
+        findings += check_owner_members(members)
     grants = []
     for db in databases:
         with psycopg.connect(dbname=db, autocommit=True, **conninfo) as conn:
             cur = conn.cursor(row_factory=psycopg.rows.dict_row)
             for sql in (PUBLIC_SQL, PUBLIC_DEFAULT_SQL):
                 grants += [dict(r, database=db) for r in cur.execute(sql)]
+            functions = cur.execute(FUNCTIONS_SQL).fetchall()
+            procs = [{**f, "signature": f"{db}:{f['signature']}"} for f in functions]
+            functions = [{**f, "signature": f"{db}:{f['signature']}"} for f in functions]
+            findings += check_definer_search_path(functions)
+            findings += check_public_definers(functions)
+            findings += check_privileged_calls(functions, procs, superusers, set(params["key_roles"]))
+            if db == params["database"]:
+                args = {"tables": params["protected_tables"], "columns": params["protected_columns"]}
+                findings += check_protected_dml(cur.execute(PROTECTED_DML_SQL, args).fetchall(),
+                                                set(params["dml_allowed_roles"]))  # fmt: skip
+                triggers = cur.execute(DISABLED_TRIGGERS_SQL, {"schemas": params["trigger_schemas"]}).fetchall()
+                findings += check_disabled_triggers(triggers)
     findings += check_public(grants, params["public_allowed"])
 
     files = log_files(params["log_directory"], since) if os.path.isdir(params["log_directory"]) else []
@@ -333,6 +519,13 @@ def main():
             "backup_max_age_hours": {"type": "int", "default": 26},
             "cert_warn_days": {"type": "int", "default": 30},
             "host": {"type": "str", "default": ""},
+            "database": {"type": "str", "default": "payments"},
+            "owner_roles": {"type": "list", "elements": "str", "default": ["payments_owner"]},
+            "key_roles": {"type": "list", "elements": "str", "default": []},
+            "protected_tables": {"type": "list", "elements": "str", "default": []},
+            "protected_columns": {"type": "list", "elements": "str", "default": []},
+            "dml_allowed_roles": {"type": "list", "elements": "str", "default": []},
+            "trigger_schemas": {"type": "list", "elements": "str", "default": ["payments"]},
         },
         supports_check_mode=True,
     )
