@@ -27,6 +27,13 @@ def psql(host, sql: str, db: str = "postgres") -> str:
     return result.stdout.strip()
 
 
+def psql_fails(host, sql: str, db: str = "postgres") -> str:
+    """Run SQL as the superuser that must fail; return psql's error output."""
+    result = host.run("runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d %s -c %s", db, sql)
+    assert result.rc != 0, f"expected an error, got: {result.stdout}"
+    return result.stderr.strip()
+
+
 def host_address(host) -> str:
     """The host's address on the lab network (first global IPv4 of eth0)."""
     return next(a for a in host.interface("eth0").addresses if ":" not in a)
@@ -66,9 +73,9 @@ def create_login_role(host, prefix: str = "probe") -> LoginRole:
 
 
 def create_payer(conn: psycopg.Connection, label: str, password: str, full_name: str) -> dict:
-    """A merchant, a customer (through payments.create_customer, with bind
-    parameters) and the customer's card token; returns their ids and the
-    customer's username."""
+    """A merchant, then a customer and the customer's card token through the
+    application's functions (payments.create_customer, add_payment_method;
+    bind parameters only); returns their ids and the customer's username."""
     suffix = secrets.token_hex(4)
     username = f"{label}_{suffix}"
     merchant = conn.execute(
@@ -80,8 +87,7 @@ def create_payer(conn: psycopg.Connection, label: str, password: str, full_name:
         (username, password, f"{username}@example.test", full_name),
     ).fetchone()[0]
     method = conn.execute(
-        "INSERT INTO payments.customer_payment_method (customer_id, method_type, token, display_hint) "
-        "VALUES (%s, 'card', %s, 'Visa 4242') RETURNING id",
+        "SELECT payments.add_payment_method(%s, 'card', %s, 'Visa 4242')",
         (customer, f"tok_{label}_{secrets.token_hex(12)}"),
     ).fetchone()[0]
     return {"merchant": merchant, "customer": customer, "method": method, "username": username}

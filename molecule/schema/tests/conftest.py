@@ -1,11 +1,16 @@
-"""Fixtures for the schema tests: a login role allowed to use the payments
-schema, real TLS connections from the controller, and a merchant/customer/
-payment method to pay with."""
+"""Fixtures for the schema tests: a test harness login with direct
+privileges on every table (to prove the database's own rules, triggers and
+constraints, hold whatever the grants), real TLS connections from the
+controller, and a merchant/customer/payment method to pay with. What each
+group may do is proven separately, as real group members (test_access.py,
+test_attacks.py)."""
 
 import json
 import secrets
+from pathlib import Path
 
 import pytest
+import yaml
 
 from pgops.testing import connect, create_login_role, create_payer, fetch_ca, host_address, psql, run_playbook
 
@@ -93,8 +98,25 @@ def captured(db, authorize):
     def run(amount=1000):
         txn_id, created_at, status, _ = authorize(amount=amount)
         assert status == "authorized"
-        db().execute("SELECT payments.capture(%s, %s)", (txn_id, created_at))
+        db().execute("SELECT payments.capture(%s, %s, %s, 'test')", (txn_id, created_at, secrets.token_hex(8)))
         return txn_id, created_at
+
+    return run
+
+
+@pytest.fixture
+def refund(db):
+    """Refund through payments.refund() with a fresh idempotency key (or the one given)."""
+
+    def run(txn_id, created_at, amount, reason="customer request", key=None, conn=None, on_behalf_of="support"):
+        return (
+            (conn or db())
+            .execute(
+                "SELECT payments.refund(%s, %s, %s, %s, %s, %s)",
+                (txn_id, created_at, amount, reason, key or secrets.token_hex(8), on_behalf_of),
+            )
+            .fetchone()[0]
+        )
 
     return run
 
@@ -108,3 +130,13 @@ def fresh_security_report(tmp_path_factory):
         "playbooks/security_audit.yml", {"security_audit_fail_on": "low", "security_audit_report_file": str(report)}
     )
     return run, json.loads(report.read_text()) if report.exists() else None
+
+
+@pytest.fixture(scope="session")
+def project_vars():
+    """A role's private vars (roles/<role>/vars/main.yml), as the project states them."""
+
+    def load(role):
+        return yaml.safe_load((Path(__file__).resolve().parents[3] / f"roles/{role}/vars/main.yml").read_text())
+
+    return load

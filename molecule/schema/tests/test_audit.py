@@ -70,11 +70,15 @@ def test_logging_settings_are_live(host):
 
 def test_sessions_and_ddl_are_logged_with_user_and_client(host, ca):
     app_name = f"audit-probe-{secrets.token_hex(3)}"
-    table = f"payments.audit_probe_{secrets.token_hex(3)}"
+    # admin changes no payments table (migrations do); its own schema is its own.
+    schema = f"audit_probe_{secrets.token_hex(3)}"
+    table = f"{schema}.t"
     with connect(host_address(host), ADMIN, ca, dbname="payments", application_name=app_name, autocommit=True) as c:
         pid, client = c.execute("SELECT pg_backend_pid(), host(inet_client_addr())").fetchone()
+        c.execute(f"CREATE SCHEMA {schema}")
         c.execute(f"CREATE TABLE {table} (id int)")
         c.execute(f"DROP TABLE {table}")
+        c.execute(f"DROP SCHEMA {schema}")
     lines = session_lines(host, pid, "disconnection:")
     text = "\n".join(lines)
     assert "connection authorized: user=m_admin database=payments" in text
@@ -122,7 +126,15 @@ def test_no_plaintext_name_password_or_key_in_logs_or_dump(host, ca, tmp_path):
     workload = subprocess.run(
         ["bash", "bench/payment_workload.sh", HOST],
         cwd=project,
-        env=dict(os.environ, DURATION="5", CLIENTS="4", OUT=str(tmp_path), LABEL="leak-check"),
+        env=dict(
+            os.environ,
+            DURATION="5",
+            CLIENTS="4",
+            OUT=str(tmp_path),
+            LABEL="leak-check",
+            BENCH_USER=APP.name,
+            BENCH_PASSWORD=APP.password,
+        ),  # fmt: skip
         capture_output=True,
         text=True,
         timeout=600,

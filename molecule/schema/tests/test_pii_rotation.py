@@ -54,9 +54,10 @@ def test_rotation_reencrypts_every_customer(host, db):
 
 def test_reencryption_is_not_executable_by_anyone_but_the_superuser(host):
     assert (
-        psql(host, "SELECT proowner::regrole FROM pg_proc WHERE proname = 'pii_reencrypt'", db="payments") == "postgres"
+        psql(host, "SELECT proowner::regrole FROM pg_proc WHERE proname = 'pii_reencrypt'", db="payments")
+        == "pii_keyholder"
     )
-    for group in ("admin", "developer", "payments_app", "readonlyuser"):
+    for group in ("admin", "developer", "payments_app", "readonlyuser", "pii_reader"):
         allowed = psql(
             host,
             f"SELECT has_function_privilege('{group}', 'payments.pii_reencrypt(integer)', 'EXECUTE')",

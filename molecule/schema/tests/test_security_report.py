@@ -40,3 +40,59 @@ def test_planted_grant_and_failed_login_are_flagged(host, tmp_path):
     # Revoked: the next report no longer lists it.
     again = run_playbook("playbooks/security_audit.yml", {"security_audit_report_file": str(report_file)})
     assert "public_grant" not in {f["check"] for f in json.loads(report_file.read_text())["findings"]}, again.stdout
+
+
+# One plant per class of least-privilege defect, and its removal.
+PLANTS = {
+    ("definer_search_path", "payments:public.sr_unpinned()"): (
+        "CREATE FUNCTION public.sr_unpinned() RETURNS int SECURITY DEFINER LANGUAGE sql AS 'SELECT 1';"
+        "REVOKE ALL ON FUNCTION public.sr_unpinned() FROM PUBLIC",
+        "DROP FUNCTION public.sr_unpinned()",
+    ),
+    ("privileged_calls_foreign_code", "payments:public.sr_privileged()"): (
+        "CREATE FUNCTION payments.sr_helper() RETURNS int LANGUAGE sql AS 'SELECT 1';"
+        "ALTER FUNCTION payments.sr_helper() OWNER TO developer;"
+        "CREATE FUNCTION public.sr_privileged() RETURNS int SECURITY DEFINER SET search_path = pg_catalog "
+        "LANGUAGE sql AS 'SELECT payments.sr_helper()'; REVOKE ALL ON FUNCTION public.sr_privileged() FROM PUBLIC",
+        "DROP FUNCTION public.sr_privileged(); DROP FUNCTION payments.sr_helper()",
+    ),
+    ("disabled_trigger", "payments.merchant.sr_noop"): (
+        "CREATE FUNCTION payments.sr_noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';"
+        "CREATE TRIGGER sr_noop BEFORE UPDATE ON payments.merchant FOR EACH ROW EXECUTE FUNCTION payments.sr_noop();"
+        "ALTER TABLE payments.merchant DISABLE TRIGGER sr_noop",
+        "DROP TRIGGER sr_noop ON payments.merchant; DROP FUNCTION payments.sr_noop()",
+    ),
+    ("owner_member", "m_plain"): ("GRANT payments_owner TO m_plain", "REVOKE payments_owner FROM m_plain"),
+    ("protected_dml", "payments.transaction"): (
+        "GRANT INSERT ON payments.transaction TO developer",
+        "REVOKE INSERT ON payments.transaction FROM developer",
+    ),
+    ("protected_dml", "payments.customer_payment_method.token"): (
+        "GRANT UPDATE (token) ON payments.customer_payment_method TO payments_app",
+        "REVOKE UPDATE (token) ON payments.customer_payment_method FROM payments_app",
+    ),
+    ("definer_public_execute", "payments:payments.capture(bigint,timestamp with time zone,text,text)"): (
+        "GRANT EXECUTE ON FUNCTION payments.capture(bigint, timestamptz, text, text) TO PUBLIC",
+        "REVOKE EXECUTE ON FUNCTION payments.capture(bigint, timestamptz, text, text) FROM PUBLIC",
+    ),
+}
+
+
+def test_each_least_privilege_defect_is_flagged(host, tmp_path):
+    for plant, _ in PLANTS.values():
+        psql(host, plant, db="payments")
+    try:
+        report_file = tmp_path / "report.json"
+        run = run_playbook("playbooks/security_audit.yml", {"security_audit_report_file": str(report_file)})
+    finally:
+        for _, remove in PLANTS.values():
+            psql(host, remove, db="payments")
+    assert run.returncode != 0
+    findings = {(f["check"], f["subject"]): f["severity"] for f in json.loads(report_file.read_text())["findings"]}
+    missing = [key for key in PLANTS if key not in findings]
+    assert missing == [], sorted(findings)
+    assert {findings[key] for key in PLANTS} <= {"high", "critical"}
+    assert findings[("owner_member", "m_plain")] == "critical"
+
+    clean = run_playbook("playbooks/security_audit.yml", {"security_audit_report_file": str(report_file)})
+    assert clean.returncode == 0, clean.stdout[-3000:]
