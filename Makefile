@@ -8,7 +8,7 @@ LAB_GATEWAY ?= 172.29.57.1
 LAB_S3_PORT ?= 9000
 SCENARIOS ?= default schema failover backup
 
-.PHONY: help bootstrap lab lab-destroy test lint unit molecule bench bench-payment bench-audit bench-replication bench-backup sample-data docs erd
+.PHONY: help bootstrap lab lab-destroy test lint unit molecule bench bench-payment bench-audit bench-replication bench-backup sample-data docs erd bench-security
 
 help:
 	@echo "make lab          deploy the lab (containers, S3 endpoint, site.yml)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-audit  cost of the audit settings on the payment workload"
 	@echo "make bench-replication  failover recovery, switchover pause, sync vs async"
 	@echo "make bench-backup  backup and restore throughput (env SCALE)"
+	@echo "make bench-security  payment workload before vs after the least-privilege API (A B B A)"
 	@echo "make sample-data  load sample data into the lab (SCALE=1)"
 	@echo "make docs         regenerate the README's variable tables"
 	@echo "make erd          regenerate docs/erd.* from the lab's payments database"
@@ -70,11 +71,15 @@ bench-replication:
 bench-backup:
 	SCALE=$(SCALE) bench/backup.sh
 
+bench-security:
+	bench/security_cost.sh
+
 sample-data:
 	docker exec -i pg-primary runuser -u postgres -- psql -X -d payments -v scale=$(SCALE) -f - < bench/sample_data.sql
 
 docs:
 	python -m pgops.specdoc --write README.md
+	python -m pgops.privileges --write docs/schema.md README.md
 
 erd:
 	python -m pgops.erd --docker pg-primary --out docs

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Payment workload on the lab primary: loads sample data (scale SCALE, once),
-# then runs bench/payment.pgbench for DURATION seconds with CLIENTS clients.
+# then runs bench/payment.pgbench for DURATION seconds with CLIENTS clients,
+# as the application's login (BENCH_USER / BENCH_PASSWORD: the lab's lab_app
+# by default) over the local socket.
 # Writes bench/results/payment.json and prints it.
 #   bench/payment_workload.sh [host] ; env: SCALE=1 CLIENTS=8 DURATION=30
 set -euo pipefail
@@ -8,9 +10,11 @@ cd "$(dirname "$0")/.."
 host=${1:-pg-primary}
 scale=${SCALE:-1} clients=${CLIENTS:-8} duration=${DURATION:-30}
 label=${LABEL:-payment}
+user=${BENCH_USER:-lab_app} password=${BENCH_PASSWORD:-lab-only-app-password-01}
+db=${BENCH_DB:-payments} port=${BENCH_PORT:-5432}
 out=${OUT:-bench/results}
 mkdir -p "$out"
-psql_() { docker exec -i "$host" runuser -u postgres -- psql -XAtq -d payments "$@"; }
+psql_() { docker exec -i "$host" runuser -u postgres -- psql -XAtq -p "$port" -d "$db" "$@"; }
 
 have=$(psql_ -c "SELECT count(*) FROM payments.merchant WHERE name LIKE 'Sample merchant %'")
 if (( have < 20 * scale )); then
@@ -22,9 +26,12 @@ read -r merchant_min merchants < <(psql_ -F ' ' -c "SELECT min(id), max(id) FROM
 read -r method_min methods < <(psql_ -F ' ' -c "SELECT min(id), max(id) FROM payments.customer_payment_method WHERE token LIKE 'tok\_sample\_%'")
 rows=$(psql_ -c "SELECT count(*) FROM payments.transaction")
 
-docker exec -i "$host" sh -c 'cat > /var/tmp/payment.pgbench && chmod 644 /var/tmp/payment.pgbench' < bench/payment.pgbench
-docker exec "$host" runuser -u postgres -- /usr/lib/postgresql/15/bin/pgbench -n -c "$clients" -j 2 \
-  -T "$duration" -D merchant_min="$merchant_min" -D merchants="$merchants" -D method_min="$method_min" -D methods="$methods" -f /var/tmp/payment.pgbench payments \
+docker exec -i "$host" sh -c 'cat > /var/tmp/payment.pgbench && chmod 644 /var/tmp/payment.pgbench' \
+  < "${PGBENCH_FILE:-bench/payment.pgbench}"
+docker exec -e PGPASSWORD="$password" "$host" runuser -u postgres -- /usr/lib/postgresql/15/bin/pgbench -n \
+  -h /var/run/postgresql -p "$port" -U "$user" -c "$clients" -j 2 -T "$duration" \
+  -D merchant_min="$merchant_min" -D merchants="$merchants" -D method_min="$method_min" -D methods="$methods" \
+  -f /var/tmp/payment.pgbench "$db" \
   >"$out/$label-pgbench.log" 2>&1 || { cat "$out/$label-pgbench.log"; exit 1; }
 
 python3 - "$out/$label-pgbench.log" "$scale" "$clients" "$duration" "$rows" >"$out/$label.json" <<'PY'

@@ -73,7 +73,9 @@ INSERT INTO payments.transaction_state_change (transaction_id, transaction_creat
                                                reason, changed_by, changed_at)
 SELECT id, created_at, NULL, 'pending', 'payment received', 'sample-data', created_at FROM sample_txn;
 
--- Walk the statuses one legal step at a time, as the guard trigger demands.
+-- Walk the statuses one legal step at a time, as the guard trigger demands,
+-- as the table's owner (the only role whose status changes the guard lets
+-- through; the session switch is what schemas before V0014 asked for).
 SELECT set_config('payments.status_change', 'on', true);
 CREATE TEMP TABLE sample_step (id bigint, created_at timestamptz, from_status text, to_status text,
                                reason text, at timestamptz) ON COMMIT DROP;
@@ -88,6 +90,12 @@ SELECT id, created_at, 'succeeded', CASE WHEN fate < 0.025 THEN 'refunded' ELSE 
        'customer request', created_at + interval '3 days'
   FROM sample_txn WHERE score < 0.9 AND fate < 0.045;
 
+DO $$ BEGIN
+    EXECUTE format('GRANT SELECT ON pg_temp.sample_step TO %s',
+                   (SELECT relowner::regrole FROM pg_class WHERE oid = 'payments.transaction'::regclass));
+END $$;
+SELECT set_config('role', (SELECT relowner::regrole::text FROM pg_class WHERE oid = 'payments.transaction'::regclass),
+                  true);
 UPDATE payments.transaction t SET status = s.to_status, updated_at = s.at
   FROM sample_step s WHERE s.from_status = 'pending' AND t.id = s.id AND t.created_at = s.created_at;
 UPDATE payments.transaction t SET status = s.to_status, updated_at = s.at
@@ -95,6 +103,7 @@ UPDATE payments.transaction t SET status = s.to_status, updated_at = s.at
 UPDATE payments.transaction t SET status = s.to_status, updated_at = s.at
   FROM sample_step s WHERE s.from_status = 'succeeded' AND t.id = s.id AND t.created_at = s.created_at;
 SELECT set_config('payments.status_change', 'off', true);
+RESET ROLE;
 
 INSERT INTO payments.transaction_state_change (transaction_id, transaction_created_at, from_status, to_status,
                                                reason, changed_by, changed_at)

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# What the least-privilege payment API costs: the payment workload, as the
+# application's login, against the schema before it (migrations V0001-V0012
+# and the payment script of commit BASE) and after it (every migration), in
+# two databases of one scratch cluster on the lab primary, runs in A B B A
+# order. Writes bench/results/security_cost.json.
+#   bench/security_cost.sh [host] ; env: BASE=e1ae3b5 CLIENTS=8 DURATION=20 SCALE=1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+host=${1:-pg-primary}
+base=${BASE:-e1ae3b5} port=5497 cluster=bench_security
+export CLIENTS=${CLIENTS:-8} DURATION=${DURATION:-20} SCALE=${SCALE:-1}
+out=bench/results
+login=bench_app password=bench-only-app-password-01
+x() { docker exec -i "$host" "$@"; }
+psql_() { x runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -p "$port" "$@"; }
+
+trap 'x pg_dropcluster --stop 15 "$cluster" >/dev/null 2>&1 || true' EXIT
+x pg_dropcluster --stop 15 "$cluster" >/dev/null 2>&1 || true
+x pg_createcluster 15 "$cluster" --port "$port" >/dev/null
+# The application logs in with its password over the local socket.
+x sh -c "sed -i '1i local all $login scram-sha-256' /etc/postgresql/15/$cluster/pg_hba.conf"
+x pg_ctlcluster 15 "$cluster" start
+
+migrate() {  # database, newest version
+  psql_ -d postgres -c "CREATE DATABASE $1"
+  psql_ -d "$1" -c "CREATE SCHEMA pgops"
+  for f in sql/migrations/V*.sql; do
+    v=$((10#$(basename "$f" | cut -c2-5)))
+    ((v <= $2)) || break
+    if grep -q '^-- pgops: no-transaction' "$f"; then
+      psql_ -d "$1" -f - <"$f" >/dev/null
+    else
+      { echo "SET pgops.partition_interval = '1 month'; SET pgops.partition_premake = '4';"; cat "$f"; } \
+        | psql_ -1 -d "$1" -f - >/dev/null
+    fi
+  done
+}
+newest=$(ls sql/migrations | tail -n 1 | cut -c2-5)
+migrate before 12
+migrate after "$((10#$newest))"
+psql_ -d postgres -c "CREATE ROLE $login LOGIN PASSWORD '$password'"
+# The grants of each version: V0009's reconciler with its configuration, and
+# today's with the access role's matrix.
+psql_ -d before -c "SELECT pgops.reconcile_access('{\"schema\": \"payments\", \"owner\": \"payments_owner\",
+  \"admin\": \"admin\", \"developer\": \"developer\", \"readonly\": \"readonlyuser\", \"app\": \"payments_app\",
+  \"pii\": \"pii_reader\", \"backup\": \"backup\", \"monitoring\": \"monitoring\", \"audit_tables\":
+  [\"transaction_state_change\", \"refund\", \"fraud_assessment\", \"fraud_assessment_indicator\"],
+  \"pii_functions\": [\"payments.pii_decrypt(bytea,integer)\"], \"definer_functions\": [\"payments.pii_key(integer)\",
+  \"payments.pii_encrypt(text)\", \"payments.pii_decrypt(bytea,integer)\", \"payments.pii_reencrypt(integer)\"]}')" >/dev/null
+psql_ -d before -c "ALTER DATABASE before SET pgops.pii_key_dir = '/etc/postgresql/pgops-pii'" \
+  -c "ALTER DATABASE before SET pgops.pii_key_version = '1'"
+config=$(.venv/bin/python - <<'PY'
+import json, yaml
+v = yaml.safe_load(open("roles/access/vars/main.yml"))
+d = yaml.safe_load(open("roles/access/defaults/main.yml"))
+groups = {k: d[f"access_{r}_role"] for k, r in [("admin", "admin"), ("developer", "developer"),
+          ("readonly", "readonly"), ("app", "app"), ("pii", "pii"), ("backup", "backup"), ("monitoring", "monitoring")]}
+print(json.dumps({"schema": "payments", "owner": d["access_owner_role"], "keyholder": d["access_keyholder_role"],
+                  "groups": groups, "readers": v["__access_readers"], "pii_members": d["access_pii_members"],
+                  "tables": v["__access_tables"], "functions": v["__access_functions"],
+                  "key_functions": v["__access_key_functions"]}))
+PY
+)
+psql_ -d after -c "SELECT pgops.reconcile_access('$config')" >/dev/null
+psql_ -d after -c "INSERT INTO pgops.config VALUES ('pii_key_dir', '/etc/postgresql/pgops-pii'),
+  ('pii_key_version', '1'), ('bcrypt_cost', '10')"
+psql_ -d postgres -c "GRANT payments_app TO $login"
+
+git show "$base:bench/payment.pgbench" >/tmp/pgops-payment-before.pgbench
+run() {  # label database script
+  LABEL="security-$1" BENCH_DB="$2" BENCH_PORT=$port BENCH_USER=$login BENCH_PASSWORD=$password \
+    PGBENCH_FILE="$3" OUT=$out bash bench/payment_workload.sh "$host" >/dev/null
+  cat "$out/security-$1.json"
+}
+a1=$(run before-1 before /tmp/pgops-payment-before.pgbench)
+b1=$(run after-1 after bench/payment.pgbench)
+b2=$(run after-2 after bench/payment.pgbench)
+a2=$(run before-2 before /tmp/pgops-payment-before.pgbench)
+rm -f /tmp/pgops-payment-before.pgbench "$out"/security-*.json "$out"/security-*-pgbench.log
+python3 - "$a1" "$b1" "$b2" "$a2" "$base" >"$out/security_cost.json" <<'PY'
+import json, statistics, sys
+a1, b1, b2, a2 = (json.loads(x) for x in sys.argv[1:5])
+before = [a1["iterations_per_s"], a2["iterations_per_s"]]
+after = [b1["iterations_per_s"], b2["iterations_per_s"]]
+print(json.dumps({
+    "order": "A B B A", "base_commit": sys.argv[5], "clients": a1["clients"], "duration_s": a1["duration_s"],
+    "before_iterations_per_s": before, "after_iterations_per_s": after,
+    "before_median": statistics.median(before), "after_median": statistics.median(after),
+    "ratio_after_to_before": round(statistics.median(after) / statistics.median(before), 3),
+    "failed": [x["failed"] for x in (a1, b1, b2, a2)],
+}, indent=2))
+PY
+cat "$out/security_cost.json"
