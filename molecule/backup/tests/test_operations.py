@@ -33,7 +33,13 @@ def refund_partitions(host):
 
 def test_partition_maintenance_premakes_missing_partitions_with_the_parents_grants(host):
     newest = refund_partitions(host)[-2:]
-    psql(host, f"DROP TABLE payments.{newest[0]}, payments.{newest[1]}", "payments")
+    # Refund partitions are protected: dropping them takes a permit (docs/schema.md).
+    psql(
+        host,
+        "SELECT pgops.permit_protected_ddl('test: drop two future partitions for maintenance to premake'); "
+        f"DROP TABLE payments.{newest[0]}, payments.{newest[1]}",
+        "payments",
+    )
     checked = launch("Partition maintenance", check=True)
     assert checked.status == "successful" and max(checked.changed().values(), default=0) == 0, checked.stdout[-3000:]
     assert newest[1] not in refund_partitions(host)
@@ -58,8 +64,8 @@ def test_partition_maintenance_fails_on_rows_in_a_default_partition(host):
         "WITH m AS (INSERT INTO payments.merchant (name, country_code, default_currency) "
         "           VALUES ('ops probe', 'FR', 'EUR') RETURNING id), "
         "c AS (SELECT payments.create_customer('ops_probe', 'ops-probe-password-1', 'ops@example.test', 'Ops') AS id), "
-        "pm AS (INSERT INTO payments.customer_payment_method (customer_id, method_type, token, display_hint) "
-        "       SELECT id, 'card', 'tok_ops_' || md5(random()::text), 'Visa 4242' FROM c RETURNING id, customer_id) "
+        "pm AS (SELECT payments.add_payment_method(c.id, 'card', 'tok_ops_' || md5(random()::text), 'Visa 4242') "
+        "       AS id, c.id AS customer_id FROM c) "
         "INSERT INTO payments.transaction (created_at, merchant_id, customer_id, payment_method_id, amount, currency, "
         "status, device_type) SELECT now() + interval '3 years', m.id, pm.customer_id, pm.id, 100, 'EUR', 'pending', "
         "'desktop' FROM m, pm",
