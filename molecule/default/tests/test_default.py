@@ -1,28 +1,24 @@
-"""The postgresql role's converged state, checked from inside the hosts and
-by real clients over the lab network."""
+"""One member converged by site.yml on the bare image: Patroni runs the
+server, the configuration is the roles' drop-in, and real clients connect
+over the lab network with TLS only."""
 
 import psycopg
 import pytest
 
 from pgops.testing import (
-    PG_VERSION,
-    TLS_DIR,
+    PATRONI_PORT,
     connect,
     create_login_role,
     fetch_ca,
     host_address,
+    patroni_get,
     psql,
-    scram,
+    setting,
 )
 
-testinfra_hosts = ["ansible://postgresql"]
-
-UNIT = f"postgresql@{PG_VERSION}-main"
-CONF = f"/etc/postgresql/{PG_VERSION}/main"
-
-# What the role computes for the scenario's 2048 MB / 2 CPU hosts, with the
+# What the role computes for the scenario's 2048 MB / 2 CPU host, with the
 # scenario's one override (work_mem). Written out so that a wrong formula fails.
-EXPECTED_SETTINGS = {
+DROPIN_SETTINGS = {
     "shared_buffers": "512MB",
     "effective_cache_size": "1536MB",
     "maintenance_work_mem": "128MB",
@@ -34,16 +30,16 @@ EXPECTED_SETTINGS = {
     "checkpoint_completion_target": "0.9",
     "random_page_cost": "1.1",
     "effective_io_concurrency": "200",
-    "max_worker_processes": "8",
     "max_parallel_workers": "2",
     "max_parallel_workers_per_gather": "1",
     "default_statistics_target": "100",
     "password_encryption": "scram-sha-256",
     "ssl": "on",
     "ssl_min_protocol_version": "TLSv1.2",
-    "listen_addresses": "*",
-    "max_connections": "200",
 }
+# Patroni passes these on the postmaster's command line (the same on every
+# member, from its global configuration).
+COMMAND_LINE_SETTINGS = {"listen_addresses": "*", "max_connections": "200", "max_worker_processes": "8"}
 
 
 @pytest.fixture(scope="module")
@@ -58,38 +54,61 @@ def ca(host, tmp_path_factory):
     return fetch_ca(host, tmp_path_factory.mktemp("ca"))
 
 
-def test_service_running_and_enabled(host):
-    service = host.service(UNIT)
-    assert service.is_running
-    assert service.is_enabled
+def test_patroni_runs_the_server_and_debian_does_not(host):
+    patroni = host.service("patroni")
+    assert patroni.is_running and patroni.is_enabled
+    assert host.service("etcd").is_running
+    major = setting(host, "server_version_num")[:2]
+    assert host.run(f"systemctl is-enabled postgresql@{major}-main").stdout.strip() == "masked"
+    # The postmaster lives in Patroni's unit: stopping Patroni stops it.
+    postmaster = host.file(f"{setting(host, 'data_directory')}/postmaster.pid").content_string.split()[0]
+    assert host.file(f"/proc/{postmaster}/cgroup").content_string.rstrip().endswith("/patroni.service")
+
+
+def test_the_member_leads_alone(host, ca):
+    status, cluster = patroni_get(host_address(host), ca, "cluster")
+    assert status == 200
+    assert [(m["name"], m["role"], m["state"]) for m in cluster["members"]] == [
+        (host.backend.host, "leader", "running")
+    ]
 
 
 def test_listens_on_all_addresses(host):
     assert host.socket("tcp://0.0.0.0:5432").is_listening
+    assert host.socket(f"tcp://0.0.0.0:{PATRONI_PORT}").is_listening
 
 
 def test_one_cluster_with_data_checksums(host):
     clusters = host.check_output("pg_lsclusters --no-header").splitlines()
-    assert len(clusters) == 1 and clusters[0].split()[:4] == [str(PG_VERSION), "main", "5432", "online"]
-    assert psql(host, "SHOW data_checksums") == "on"
+    major = setting(host, "server_version_num")[:2]
+    assert len(clusters) == 1 and clusters[0].split()[:4] == [major, "main", "5432", "online"]
+    assert setting(host, "data_checksums") == "on"
 
 
-@pytest.mark.parametrize(("name", "value"), sorted(EXPECTED_SETTINGS.items()))
-def test_tuned_setting_is_live(host, name, value):
-    live, source = psql(
-        host, f"SELECT current_setting('{name}'), coalesce(sourcefile, source) FROM pg_settings WHERE name = '{name}'"
-    ).split("|")
-    assert live == value
-    assert source.endswith("conf.d/50-pgops.conf")
+def live(host, name):
+    query = f"SELECT current_setting('{name}'), coalesce(sourcefile, source) FROM pg_settings WHERE name = '{name}'"
+    return psql(host, query).split("|")
+
+
+@pytest.mark.parametrize(("name", "value"), sorted(DROPIN_SETTINGS.items()))
+def test_tuned_setting_is_live_from_the_dropin(host, name, value):
+    assert live(host, name) == [value, f"{setting(host, 'config_file').rsplit('/', 1)[0]}/conf.d/50-pgops.conf"]
+
+
+@pytest.mark.parametrize(("name", "value"), sorted(COMMAND_LINE_SETTINGS.items()))
+def test_cluster_wide_setting_comes_from_patroni(host, name, value):
+    assert live(host, name) == [value, "command line"]
 
 
 def test_configuration_is_a_managed_dropin(host):
-    dropin = host.file(f"{CONF}/conf.d/50-pgops.conf")
+    confdir = setting(host, "config_file").rsplit("/", 1)[0]
+    dropin = host.file(f"{confdir}/conf.d/50-pgops.conf")
     assert dropin.content_string.startswith("#")
     assert "Ansible managed" in dropin.content_string
     assert dropin.user == "postgres" and dropin.mode == 0o640
-    # The cluster's own postgresql.conf is left as pg_createcluster wrote it.
-    assert "Ansible managed" not in host.file(f"{CONF}/postgresql.conf").content_string
+    # postgresql.conf is Patroni's; nothing of ours is written into it.
+    main = host.file(setting(host, "config_file")).content_string
+    assert "Patroni" in main and "Ansible managed" not in main
     assert psql(host, "SELECT count(*) FROM pg_file_settings WHERE error IS NOT NULL") == "0"
 
 
@@ -101,15 +120,12 @@ def test_pg_hba_has_no_trust_and_remote_is_tls_only(host):
         assert error == ""
         assert method in {"peer", "scram-sha-256", "reject"}
         assert kind in {"local", "hostssl"}
+    assert host.file(setting(host, "hba_file")).mode == 0o600
 
 
 def test_tls_key_is_private(host):
-    key = host.file(f"{TLS_DIR}/server.key")
+    key = host.file(setting(host, "ssl_key_file"))
     assert key.user == "postgres" and key.mode == 0o600
-    assert (
-        not host.file("/etc/postgresql-common/pgops-ca/ca.key").exists
-        or host.file("/etc/postgresql-common/pgops-ca/ca.key").mode == 0o600
-    )
 
 
 def test_remote_client_negotiates_tls_and_verifies_the_server(host, probe, ca):
@@ -146,21 +162,3 @@ def test_superuser_is_rejected_over_the_network(host, ca):
             sslrootcert=str(ca),
             connect_timeout=5,
         )
-
-
-def test_tls_between_lab_hosts(host, probe):
-    """A client in one container reaches the other over TLS, verifying it."""
-    other = next(h for h in ("molecule-pg1", "molecule-pg2") if h != host.backend.host)
-    other_host = host.get_host(f"ansible://{other}", ansible_inventory=host.backend.ansible_inventory)
-    other_address = host_address(other_host)
-    cmd = (
-        f"PGPASSWORD='{probe.password}' psql -XAtq "
-        f"'host={other_address} dbname=postgres user={probe.name} sslmode=verify-full sslrootcert={TLS_DIR}/ca.crt' "
-        "-c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'"
-    )
-    # The probe role exists on this host only; create it on the other one too.
-    psql(other_host, f"CREATE ROLE {probe.name} LOGIN PASSWORD '{scram.scram_verifier(probe.password)}'")
-    try:
-        assert host.check_output(cmd) == "t"
-    finally:
-        psql(other_host, f"DROP ROLE {probe.name}")
