@@ -4,9 +4,12 @@ real client connections from the controller over the lab network."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import secrets
+import ssl
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +17,7 @@ import psycopg
 
 from pgops import runner
 
-PG_VERSION = 15
-CLUSTER = "main"
-TLS_DIR = f"/etc/postgresql/{PG_VERSION}/{CLUSTER}/tls"
+PATRONI_PORT = 8008
 
 
 def psql(host, sql: str, db: str = "postgres") -> str:
@@ -39,11 +40,43 @@ def host_address(host) -> str:
     return next(a for a in host.interface("eth0").addresses if ":" not in a)
 
 
+def setting(host, name: str) -> str:
+    """A server setting, as the server reports it (paths included: the tests
+    ask the server rather than repeat the roles' layout)."""
+    return psql(host, f"SELECT current_setting('{name}')")
+
+
 def fetch_ca(host, directory: Path) -> Path:
     """Copy the cluster CA certificate from a host to the controller."""
     path = directory / f"ca-{host.backend.host}.crt"
-    path.write_text(host.file(f"{TLS_DIR}/ca.crt").content_string)
+    path.write_text(host.file(setting(host, "ssl_ca_file")).content_string)
     return path
+
+
+def patroni_get(address: str, ca: Path, path: str = "cluster", timeout: float = 3) -> tuple[int, dict]:
+    """GET one of Patroni's REST endpoints over TLS (verifying the server);
+    returns (HTTP status, JSON body). Health endpoints answer 503 with a body."""
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        with urllib.request.urlopen(f"https://{address}:{PATRONI_PORT}/{path}", timeout=timeout, context=context) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def patroni_members(addresses, ca: Path) -> list[dict]:
+    """The members as the first Patroni that answers lists them."""
+    for address in addresses:
+        try:
+            return patroni_get(address, ca)[1]["members"]
+        except (OSError, ValueError, KeyError):
+            continue
+    raise AssertionError("no Patroni REST API answered")
+
+
+def patroni_leader(addresses, ca: Path) -> str:
+    """The leader's member name, as Patroni says ('' while there is none)."""
+    return next((m["name"] for m in patroni_members(addresses, ca) if m["role"] == "leader"), "")
 
 
 @dataclass

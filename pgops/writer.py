@@ -75,9 +75,79 @@ class AckWriter(threading.Thread):
 
 
 def multi_host_conninfo(addresses, *, user, password, ca, dbname="postgres", attrs="read-write", timeout=2) -> str:
+    """A libpq string over every member that lands on the primary. TCP
+    keepalives and tcp_user_timeout make a client notice within seconds a
+    server that vanished from the network (a cut leaves its connection
+    silent, not closed): what docs/high-availability.md asks of clients."""
     hosts = ",".join(addresses)
     ports = ",".join("5432" for _ in addresses)
     return (
         f"host={hosts} port={ports} dbname={dbname} user={user} password={password} sslmode=verify-full "
-        f"sslrootcert={ca} target_session_attrs={attrs} connect_timeout={timeout}"
+        f"sslrootcert={ca} target_session_attrs={attrs} connect_timeout={timeout} "
+        "keepalives=1 keepalives_idle=2 keepalives_interval=1 keepalives_count=3 tcp_user_timeout=5000"
     )
+
+
+AUTHORIZE = (
+    "SELECT transaction_id, created_at, status, replayed FROM payments.authorize(%(merchant)s::bigint, %(key)s, "
+    "%(customer)s::bigint, %(method)s::bigint, %(amount)s::bigint, 'EUR'::char(3), '198.51.100.7'::inet, 'mobile', "
+    "0.1::numeric, 'model-1')"
+)
+
+
+class PaymentClient(threading.Thread):
+    """An application that authorizes payments through payments.authorize(),
+    one fresh idempotency key per payment. A call whose outcome it did not see
+    (an error, the connection lost mid-commit) is retried with the same key
+    until an answer comes back, as a payment API must do. `answers` maps every
+    key it used to the (id, created_at, status, replayed) it was told;
+    `retried` holds the keys that needed a retry. An SQL error other than a
+    lost connection or a read-only server is an answer too: it goes to
+    `failures`, and the client moves on."""
+
+    def __init__(self, conninfo: str, payer: dict, prefix: str, interval: float = 0.02, give_up_after: float = 120):
+        super().__init__(daemon=True)
+        self.conninfo = conninfo
+        self.payer = payer
+        self.prefix = prefix
+        self.interval = interval
+        self.give_up_after = give_up_after
+        self.answers: dict[str, tuple] = {}
+        self.retried: set[str] = set()
+        self.unanswered: list[str] = []
+        self.failures: list[str] = []
+        self._halt = threading.Event()
+
+    def run(self):
+        conn = None
+        n = 0
+        while not self._halt.is_set():
+            key = f"{self.prefix}-{n}"
+            n += 1
+            args = {**self.payer, "key": key, "amount": 100 + n}
+            deadline = time.monotonic() + self.give_up_after
+            while True:  # until this key has an answer
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(self.conninfo, autocommit=True)
+                    self.answers[key] = conn.execute(AUTHORIZE, args).fetchone()
+                    break
+                except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction):
+                    self.retried.add(key)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    if time.monotonic() > deadline:
+                        self.unanswered.append(key)
+                        break
+                    time.sleep(0.2)
+                except psycopg.Error as e:
+                    self.failures.append(f"{key}: {type(e).__name__}: {e}")
+                    break
+            time.sleep(self.interval)
+        if conn is not None:
+            conn.close()
+
+    def stop(self):
+        self._halt.set()
+        self.join(timeout=self.give_up_after + 10)

@@ -1,18 +1,104 @@
-"""Fixtures for the schema tests: a test harness login with direct
+"""Fixtures for the cluster scenario's suites, which share one converged
+3-member cluster and run in the order ORDER sets, each leaving the cluster as
+the next expects: schema, access and audit first, then backups, replication,
+and the fault trials last (they move the leader).
+
+`host` is the current leader, as Patroni says, for every module that does not
+name its hosts. The schema fixtures: a test harness login with direct
 privileges on every table (to prove the database's own rules, triggers and
-constraints, hold whatever the grants), real TLS connections from the
+constraints hold whatever the grants), real TLS connections from the
 controller, and a merchant/customer/payment method to pay with. What each
 group may do is proven separately, as real group members (test_access.py,
 test_attacks.py)."""
 
 import json
+import os
 import secrets
 from pathlib import Path
 
+import boto3
 import pytest
+import testinfra
 import yaml
 
-from pgops.testing import connect, create_login_role, create_payer, fetch_ca, host_address, psql, run_playbook
+from pgops.testing import (
+    connect,
+    create_login_role,
+    create_payer,
+    fetch_ca,
+    host_address,
+    patroni_leader,
+    psql,
+    run_playbook,
+)
+
+# The members and their addresses (molecule.yml).
+NODES = {"cluster1": "172.29.62.10", "cluster2": "172.29.62.11", "cluster3": "172.29.62.12"}
+NETWORK = "pgops-molecule-cluster"
+S3_ENDPOINT = "http://172.29.62.1:9001"
+
+# Module order: what each leaves behind is what the next expects. A module
+# not listed runs after the listed ones that come before "test_ha".
+ORDER = [
+    "test_migrations",
+    "test_upgrade",
+    "test_integrity",
+    "test_partitions",
+    "test_access",
+    "test_attacks",
+    "test_audit",
+    "test_pii_rotation",
+    "test_security_report",
+    "test_erd",
+    "test_backup",
+    "test_operations",
+    "test_replication",
+    "test_ha",
+]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = Path(str(item.fspath)).stem
+        return ORDER.index(name) if name in ORDER else ORDER.index("test_ha") - 0.5
+
+    items.sort(key=rank)  # stable: a module keeps its own order
+
+
+def member(name):
+    """A member's testinfra host, by inventory name."""
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+
+
+@pytest.fixture(scope="session")
+def cluster_ca(tmp_path_factory):
+    """The cluster CA, for clients on the controller (Patroni's REST API, PostgreSQL)."""
+    return fetch_ca(member("cluster1"), tmp_path_factory.mktemp("cluster-ca"))
+
+
+@pytest.fixture(scope="module")
+def leader_name(cluster_ca):
+    """The leader as Patroni says when the module starts."""
+    return patroni_leader(NODES.values(), cluster_ca)
+
+
+@pytest.fixture(scope="module")
+def host(leader_name):
+    """The leader's host (this replaces testinfra's per-host `host`)."""
+    return member(leader_name)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """The scenario's S3 endpoint (moto on the network's gateway), as a client."""
+    return boto3.client(
+        "s3",
+        endpoint_url=S3_ENDPOINT,
+        region_name="us-east-1",
+        aws_access_key_id="molecule-only-access-key",
+        aws_secret_access_key="molecule-only-secret-key",
+    )
+
 
 DB = "payments"
 

@@ -10,8 +10,6 @@ from psycopg import errors
 
 from pgops.testing import LoginRole, connect, create_payer, fetch_ca, host_address, psql
 
-testinfra_hosts = ["ansible://molecule-schema1"]
-
 USERS = {
     "admin": LoginRole("m_admin", "molecule-admin-password"),
     "developer": LoginRole("m_developer", "molecule-developer-password"),

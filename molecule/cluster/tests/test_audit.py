@@ -16,9 +16,6 @@ import pytest
 
 from pgops.testing import LoginRole, connect, fetch_ca, host_address, psql
 
-testinfra_hosts = ["ansible://molecule-schema1"]
-
-HOST = "molecule-schema1"
 LOG_DIR = "/var/log/postgresql/audit"
 ADMIN = LoginRole("m_admin", "molecule-admin-password")
 APP = LoginRole("m_app", "molecule-app-password-01")
@@ -124,7 +121,7 @@ def test_no_plaintext_name_password_or_key_in_logs_or_dump(host, ca, tmp_path):
             )
     project = Path(os.environ.get("PROJECT_DIR", Path(__file__).resolve().parents[3]))
     workload = subprocess.run(
-        ["bash", "bench/payment_workload.sh", HOST],
+        ["bash", "bench/payment_workload.sh", host.backend.host],
         cwd=project,
         env=dict(
             os.environ,
@@ -153,7 +150,7 @@ def test_no_plaintext_name_password_or_key_in_logs_or_dump(host, ca, tmp_path):
     assert {n for _, _, n in customers} <= set(names) and keys
     host.run("install -m 600 /dev/null /var/tmp/leak-patterns")
     subprocess.run(
-        ["docker", "exec", "-i", HOST, "sh", "-c", "cat > /var/tmp/leak-patterns"],
+        ["docker", "exec", "-i", host.backend.host, "sh", "-c", "cat > /var/tmp/leak-patterns"],
         input="\n".join(sorted(secrets_)) + "\n",
         text=True,
         check=True,

@@ -5,8 +5,6 @@ from pathlib import Path
 from pgops import erd
 from pgops.testing import fetch_ca, host_address
 
-testinfra_hosts = ["ansible://molecule-schema1"]
-
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 
 

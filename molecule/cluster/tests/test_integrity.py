@@ -10,7 +10,6 @@ from psycopg import errors
 
 from pgops.testing import psql_fails
 
-testinfra_hosts = ["ansible://molecule-schema1"]
 OWNER = "SET ROLE payments_owner; "
 
 

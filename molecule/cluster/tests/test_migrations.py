@@ -13,9 +13,6 @@ import pytest
 
 from pgops.testing import psql, recap_changed, run_playbook
 
-testinfra_hosts = ["ansible://molecule-schema1"]
-
-HOST = "molecule-schema1"
 MIGRATIONS = Path(__file__).resolve().parents[3] / "sql/migrations"
 LOCK_KEY = 0x7067_6F70_735F_6D67
 PLAYBOOK = "playbooks/schema.yml"
@@ -71,7 +68,7 @@ def test_a_new_migration_is_applied_once(host, migrations):
     assert ledger(host).endswith("V9001__marker.sql")
     again = run_playbook(PLAYBOOK, {"schema_migrations_dir": str(migrations)})
     assert again.returncode == 0
-    assert recap_changed(again.stdout)[HOST] == 0
+    assert max(recap_changed(again.stdout).values()) == 0
 
 
 def test_an_edited_applied_migration_fails_loudly_before_anything_is_applied(host, migrations):

@@ -6,8 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-testinfra_hosts = ["ansible://molecule-schema1"]
-
 
 def month_start(months_back: int) -> datetime:
     now = datetime.now(UTC)

@@ -8,8 +8,6 @@ import pytest
 
 from pgops.testing import LoginRole, connect, fetch_ca, host_address, psql, run_playbook
 
-testinfra_hosts = ["ansible://molecule-schema1"]
-
 
 def test_fresh_deploy_is_clean(fresh_security_report):
     run, report = fresh_security_report

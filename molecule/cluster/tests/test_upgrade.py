@@ -13,9 +13,6 @@ import pytest
 
 from pgops.testing import psql, recap_changed, run_playbook
 
-testinfra_hosts = ["ansible://molecule-schema1"]
-
-HOST = "molecule-schema1"
 DB = "upgrade_probe"
 MIGRATIONS = Path(__file__).resolve().parents[3] / "sql/migrations"
 LEDGER = """
@@ -62,7 +59,7 @@ def old_database(host):
         sql = path.read_text()
         checksum = hashlib.sha256(sql.encode()).hexdigest()
         subprocess.run(
-            ["docker", "exec", "-i", HOST, "sh", "-c", "umask 022 && cat > /var/tmp/upgrade.sql"],
+            ["docker", "exec", "-i", host.backend.host, "sh", "-c", "umask 022 && cat > /var/tmp/upgrade.sql"],
             input=f"{settings}\n{sql}\n",
             text=True,
             check=True,
@@ -103,4 +100,4 @@ def test_the_roles_upgrade_it_in_place(host, old_database):
     assert replay == "authorized true"
     again = [run_playbook(p, extra) for p in ("playbooks/schema.yml", "playbooks/access.yml")]
     assert all(r.returncode == 0 for r in again)
-    assert [recap_changed(r.stdout)[HOST] for r in again] == [0, 0], again[-1].stdout[-3000:]
+    assert [max(recap_changed(r.stdout).values()) for r in again] == [0, 0], again[-1].stdout[-3000:]
