@@ -6,7 +6,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_INVENTORY := inventories/lab
 LAB_GATEWAY ?= 172.29.57.1
 LAB_S3_PORT ?= 9000
-SCENARIOS ?= default schema failover backup
+SCENARIOS ?= default cluster
 
 .PHONY: help bootstrap lab lab-destroy test lint unit molecule bench bench-payment bench-audit bench-replication bench-backup sample-data docs erd bench-security
 
@@ -78,8 +78,8 @@ sample-data:
 	docker exec -i pg-primary runuser -u postgres -- psql -X -d payments -v scale=$(SCALE) -f - < bench/sample_data.sql
 
 docs:
-	python -m pgops.specdoc --write README.md
-	python -m pgops.privileges --write docs/schema.md README.md
+	python -m pgops.specdoc --write docs/variables.md
+	python -m pgops.privileges --write docs/schema.md
 
 erd:
 	python -m pgops.erd --docker pg-primary --out docs

@@ -1,9 +1,10 @@
 """Render the payments database's privilege matrix from the access role's
 data (roles/access/vars/main.yml: the same data pgops.reconcile_access
-applies), so docs/schema.md and the README cannot drift from the grants.
+applies), so docs/schema.md cannot drift from the grants (the README links
+to it).
 
-    python -m pgops.privileges --write docs/schema.md README.md
-    python -m pgops.privileges --check docs/schema.md README.md
+    python -m pgops.privileges --write docs/schema.md
+    python -m pgops.privileges --check docs/schema.md
 """
 
 from __future__ import annotations

@@ -122,6 +122,7 @@ def test_surveys_become_valid_awx_specs(template):
         if question["required"] and question["type"] != "multiplechoice":
             assert question["default"] != "" or question["variable"] in {
                 "switchover_target",
+                "failover_candidate",
                 "restore_host",
                 "schema_pii_key_version",
             }
@@ -132,7 +133,11 @@ def test_destructive_operations_ask_for_confirmation_and_refuse_check_mode():
         question = next(q for q in TEMPLATES[name]["survey"] if q["variable"] == variable)
         assert question["default"] == "no" and question["required"]
         assert not TEMPLATES[name].get("check_mode")
-        assert f"that: {variable} | bool" in (ROOT / TEMPLATES[name]["playbook"]).read_text()
+        # The playbook hands the answer to the role's entry point, which refuses before any change.
+        action = variable.split("_")[0]
+        assert f'patroni_{variable}: "{{{{ {variable} | bool }}}}"' in (ROOT / TEMPLATES[name]["playbook"]).read_text()
+        tasks = yaml.safe_load((ROOT / f"roles/patroni/tasks/{action}.yml").read_text())
+        assert any(t.get("ansible.builtin.assert", {}).get("that") == f"patroni_{variable} | bool" for t in tasks)
 
 
 def test_survey_filter_rejects_bad_questions():
