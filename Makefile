@@ -8,7 +8,7 @@ LAB_GATEWAY ?= 172.29.57.1
 LAB_S3_PORT ?= 9000
 SCENARIOS ?= default cluster
 
-.PHONY: help bootstrap lab lab-destroy test lint unit molecule bench bench-payment bench-audit bench-replication bench-backup sample-data docs erd bench-security
+.PHONY: help bootstrap lab lab-destroy test lint unit molecule bench bench-payment bench-audit bench-failover bench-backup sample-data docs erd bench-security
 
 help:
 	@echo "make lab          deploy the lab (containers, S3 endpoint, site.yml)"
@@ -17,11 +17,11 @@ help:
 	@echo "make bench        converge benchmark of the lab (see bench/README.md)"
 	@echo "make bench-payment  payment workload (pgbench) on the lab primary"
 	@echo "make bench-audit  cost of the audit settings on the payment workload"
-	@echo "make bench-replication  failover recovery, switchover pause, sync vs async"
+	@echo "make bench-failover  kill and partition trials under load, soak, switchover pause (TRIALS=10 SOAK=600)"
 	@echo "make bench-backup  backup and restore throughput (env SCALE)"
 	@echo "make bench-security  payment workload before vs after the least-privilege API (A B B A)"
 	@echo "make sample-data  load sample data into the lab (SCALE=1)"
-	@echo "make docs         regenerate the README's variable tables"
+	@echo "make docs         regenerate docs/variables.md and the privilege matrix"
 	@echo "make erd          regenerate docs/erd.* from the lab's payments database"
 
 bootstrap:
@@ -65,8 +65,12 @@ bench-payment:
 bench-audit:
 	bench/audit_cost.sh
 
-bench-replication:
-	python bench/replication.py
+TRIALS ?= 10
+SOAK ?= 600
+SWITCHOVERS ?= 3
+bench-failover:
+	@python -c 'import matplotlib' 2>/dev/null || pip install -q -r bench/requirements.txt
+	python bench/failover.py --trials $(TRIALS) --soak $(SOAK) --switchovers $(SWITCHOVERS)
 
 bench-backup:
 	SCALE=$(SCALE) bench/backup.sh

@@ -28,7 +28,9 @@ rows=$(psql_ -c "SELECT count(*) FROM payments.transaction")
 
 docker exec -i "$host" sh -c 'cat > /var/tmp/payment.pgbench && chmod 644 /var/tmp/payment.pgbench' \
   < "${PGBENCH_FILE:-bench/payment.pgbench}"
-docker exec -e PGPASSWORD="$password" "$host" runuser -u postgres -- /usr/lib/postgresql/15/bin/pgbench -n \
+# The server's own pgbench (its BINDIR), whatever the version.
+bindir=$(psql_ -c "SELECT setting FROM pg_config WHERE name = 'BINDIR'")
+docker exec -e PGPASSWORD="$password" "$host" runuser -u postgres -- "$bindir/pgbench" -n \
   -h /var/run/postgresql -p "$port" -U "$user" -c "$clients" -j 2 -T "$duration" \
   -D merchant_min="$merchant_min" -D merchants="$merchants" -D method_min="$method_min" -D methods="$methods" \
   -f /var/tmp/payment.pgbench "$db" \

@@ -18,74 +18,33 @@ import psycopg
 import pytest
 from conftest import NETWORK, NODES, member
 
-from pgops import runner
-from pgops.testing import create_login_role, patroni_get, patroni_members, psql, recap_changed, run_playbook
+from pgops import faults, runner
+from pgops.faults import docker, in_container, lost_commits, sql_in, wait_until
+from pgops.testing import create_login_role, patroni_get, psql, recap_changed, run_playbook
 from pgops.writer import TABLE_DDL, AckWriter, PaymentClient, multi_host_conninfo
 
 TTL = 20  # patroni_ttl (roles/patroni/defaults)
 HEALTHY_WITHIN = 120
 
 
-def docker(*args, check=True):
-    return subprocess.run(["docker", *args], check=check, capture_output=True, text=True)
-
-
-def in_container(name, command, check=True):
-    """A shell command in a member's container, without Ansible (fast, and it
-    works while the member is cut off from the network)."""
-    return docker("exec", name, "sh", "-c", command, check=check)
-
-
-def sql_in(name, sql, db="postgres"):
-    out = in_container(name, f'runuser -u postgres -- psql -XAtq -d {db} -c "{sql}"', check=False)
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def members(ca, among=None):
-    return {m["name"]: m for m in patroni_members(among or NODES.values(), ca)}
+    return faults.members(among or NODES.values(), ca)
 
 
 def leader_of(ca, among=None):
-    return next((n for n, m in members(ca, among).items() if m["role"] == "leader"), "")
-
-
-def wait_until(check, timeout, what, interval=1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout} s: {what}")
+    return faults.leader_in(members(ca, among))
 
 
 def healthy(ca):
-    """A leader and every other member streaming from it, each on the leader's timeline."""
     try:
-        view = members(ca)
-    except AssertionError:
+        return faults.is_healthy(members(ca), len(NODES))
+    except AssertionError:  # no member answered
         return False
-    leaders = [m for m in view.values() if m["role"] == "leader"]
-    return (
-        len(view) == len(NODES)
-        and len(leaders) == 1
-        and all(
-            m["state"] == "streaming" and m.get("timeline") == leaders[0].get("timeline")
-            for m in view.values()
-            if m["role"] != "leader"
-        )
-    )
 
 
 def wait_healthy(ca, timeout=HEALTHY_WITHIN):
     wait_until(lambda: healthy(ca), timeout, "a leader and two streaming replicas")
     return leader_of(ca)
-
-
-def lost_commits(conninfo, acked_ids):
-    with psycopg.connect(conninfo) as conn:
-        present = {r[0] for r in conn.execute("SELECT id FROM pgops_write_probe")}
-    return sorted(set(acked_ids) - present)
 
 
 @pytest.fixture(scope="module")
