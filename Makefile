@@ -8,7 +8,7 @@ LAB_GATEWAY ?= 172.29.57.1
 LAB_S3_PORT ?= 9000
 SCENARIOS ?= default cluster
 
-.PHONY: help bootstrap lab lab-destroy test lint unit molecule bench bench-payment bench-audit bench-failover bench-backup sample-data docs erd bench-security
+.PHONY: help bootstrap lab lab-destroy test lint lint-sql unit molecule bench bench-payment bench-audit bench-failover bench-backup sample-data docs erd bench-security
 
 help:
 	@echo "make lab          deploy the lab (containers, S3 endpoint, site.yml)"
@@ -46,7 +46,14 @@ test: bootstrap
 	  echo "== step timings"; python -m pgops.steps report; exit $$rc
 
 lint:
-	@$(STEP) lint -- bash -c 'yamllint --strict . && ansible-lint && ruff check . && ruff format --check .'
+	@$(STEP) lint -- bash -c 'yamllint --strict . && ansible-lint && ruff check . && ruff format --check . && $(MAKE) --no-print-directory lint-sql'
+
+# Migrations that would lock or rewrite a hot table fail (squawk, .squawk.toml;
+# the migrations applied before it are listed there as exempt, with reasons).
+lint-sql:
+	@out=$$(squawk sql/migrations/*.sql 2>&1) && echo "squawk: $$out" || { case "$$out" in \
+	  "Failed to find files"*) echo "squawk: no migration after the exempt ones (.squawk.toml)";; \
+	  *) echo "$$out"; exit 1;; esac; }
 
 unit:
 	@$(STEP) unit -- pytest -q tests
