@@ -30,8 +30,9 @@ docker exec -i "$host" sh -c 'cat > /var/tmp/payment.pgbench && chmod 644 /var/t
   < "${PGBENCH_FILE:-bench/payment.pgbench}"
 # The server's own pgbench (its BINDIR), whatever the version.
 bindir=$(psql_ -c "SELECT setting FROM pg_config WHERE name = 'BINDIR'")
+socket=$(psql_ -c "SELECT split_part(current_setting('unix_socket_directories'), ',', 1)")
 docker exec -e PGPASSWORD="$password" "$host" runuser -u postgres -- "$bindir/pgbench" -n \
-  -h /var/run/postgresql -p "$port" -U "$user" -c "$clients" -j 2 -T "$duration" \
+  -h "$socket" -p "$port" -U "$user" -c "$clients" -j 2 -T "$duration" \
   -D merchant_min="$merchant_min" -D merchants="$merchants" -D method_min="$method_min" -D methods="$methods" \
   -f /var/tmp/payment.pgbench "$db" \
   >"$out/$label-pgbench.log" 2>&1 || { cat "$out/$label-pgbench.log"; exit 1; }

@@ -15,12 +15,15 @@ login=bench_app password=bench-only-app-password-01
 x() { docker exec -i "$host" "$@"; }
 psql_() { x runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -p "$port" "$@"; }
 
-trap 'x pg_dropcluster --stop 15 "$cluster" >/dev/null 2>&1 || true' EXIT
-x pg_dropcluster --stop 15 "$cluster" >/dev/null 2>&1 || true
-x pg_createcluster 15 "$cluster" --port "$port" >/dev/null
+# The scratch cluster has the lab server's major version (asked, not assumed).
+major=$(x runuser -u postgres -- psql -XAtq -c "SELECT current_setting('server_version_num')::int / 10000")
+trap 'x pg_dropcluster --stop "$major" "$cluster" >/dev/null 2>&1 || true' EXIT
+x pg_dropcluster --stop "$major" "$cluster" >/dev/null 2>&1 || true
+x pg_createcluster "$major" "$cluster" --port "$port" >/dev/null
 # The application logs in with its password over the local socket.
-x sh -c "sed -i '1i local all $login scram-sha-256' /etc/postgresql/15/$cluster/pg_hba.conf"
-x pg_ctlcluster 15 "$cluster" start
+hba=$(x pg_conftool -s "$major" "$cluster" show hba_file)
+x sh -c "sed -i '1i local all $login scram-sha-256' $hba"
+x pg_ctlcluster "$major" "$cluster" start
 
 migrate() {  # database, newest version
   psql_ -d postgres -c "CREATE DATABASE $1"

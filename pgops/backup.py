@@ -133,11 +133,12 @@ class Config:
     database: str
     staging_dir: str
     status_file: str
+    # The server's, from the postgresql role's facts (no default: never guessed).
+    pg_bindir: str
+    socket_dir: str
     endpoint_url: str = ""
     region: str = "us-east-1"
     keep: dict = field(default_factory=lambda: {"daily": 7, "weekly": 4, "monthly": 6})
-    pg_bindir: str = "/usr/lib/postgresql/15/bin"
-    socket_dir: str = "/var/run/postgresql"
     port: int = 5432
     lock_file: str = "/run/lock/pgops-backup.lock"
     sse: str = "AES256"

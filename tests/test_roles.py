@@ -114,3 +114,51 @@ def test_tasks_touching_secrets_are_no_log():
             body = yaml.safe_dump(task)
             if secret.search(body) and "privatekey" not in body and "ca.key" not in body:
                 assert task.get("no_log") is True, f"{tasks_file.name}: {task.get('name')}"
+
+
+# The server's facts have one source, the postgresql role (postgresql_server);
+# nothing else may spell out a version, cluster name, socket or data path.
+SERVER_LITERALS = re.compile(
+    r"/var/run/postgresql|/var/lib/postgresql|/etc/postgresql/\d|/usr/lib/postgresql|postgresql@\d"
+    r"|default\(1\d\)|\b1\d main\b|['\"]main['\"]\s*$|cluster_name \| default"
+)
+
+
+def test_no_server_literal_outside_the_postgresql_role():
+    scanned = [
+        *ROOT.glob("roles/*/**/*"),
+        *ROOT.glob("playbooks/**/*"),
+        ROOT / "site.yml",
+        *ROOT.glob("bench/**/*"),
+        *ROOT.glob("pgops/**/*.py"),
+        *ROOT.glob("lab/**/*"),
+    ]
+    found = []
+    for path in scanned:
+        relative = path.relative_to(ROOT)
+        if not path.is_file() or relative.parts[:2] == ("roles", "postgresql") or path.suffix in {".png", ".pyc"}:
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            if SERVER_LITERALS.search(line):
+                found.append(f"{relative}:{number}: {line.strip()}")
+    assert found == [], "read postgresql_server instead:\n" + "\n".join(found)
+
+
+def test_roles_add_server_configuration_only_through_the_dropin_entry_point():
+    """Only the postgresql role (and Patroni, which runs the server) writes
+    under the server's configuration directory; the others call its `dropin` entry point (which writes, applies
+    and reports), and none reloads or restarts the server by itself."""
+    offenders = []
+    for tasks_file in ROOT.glob("roles/*/tasks/*.yml"):
+        role = tasks_file.parts[-3]
+        # Patroni runs the server (its configuration file, restarts through its
+        # API); restore builds a separate scratch cluster.
+        if role in {"postgresql", "patroni", "restore"}:
+            continue
+        text = tasks_file.read_text()
+        for pattern in ("config_dir", "conf_d", "pg_reload_conf", "pg_ctlcluster", "state: restarted"):
+            if pattern in text:
+                offenders.append(f"{tasks_file.relative_to(ROOT)}: {pattern}")
+    assert offenders == []
+    callers = {p.parts[-3] for p in ROOT.glob("roles/*/tasks/*.yml") if "tasks_from: dropin" in p.read_text()}
+    assert {"audit", "backup", "schema"} <= callers

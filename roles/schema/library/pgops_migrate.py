@@ -34,7 +34,7 @@ options:
   ddl_lock_timeout: {type: str, default: 5s, description: lock_timeout of each migration statement.}
   statement_timeout: {type: str, default: 10min, description: statement_timeout of each migration statement.}
   lock_retries: {type: int, default: 5, description: Retries of a migration that hit lock_timeout.}
-  login_unix_socket: {type: str, default: /var/run/postgresql, description: Socket directory.}
+  login_unix_socket: {type: str, required: true, description: "Socket directory (the postgresql role's facts)."}
   login_port: {type: int, default: 5432, description: Port.}
 """
 
@@ -247,7 +247,7 @@ def main():
             "ddl_lock_timeout": {"type": "str", "default": "5s"},
             "statement_timeout": {"type": "str", "default": "10min"},
             "lock_retries": {"type": "int", "default": 5},
-            "login_unix_socket": {"type": "str", "default": "/var/run/postgresql"},
+            "login_unix_socket": {"type": "str", "required": True},
             "login_port": {"type": "int", "default": 5432},
         },
         supports_check_mode=True,

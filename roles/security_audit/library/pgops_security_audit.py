@@ -13,7 +13,7 @@ description:
   - Log lines are read from the files in I(log_directory) and parsed with the prefix
     '%m [%p] user=%u,db=%d,app=%a,client=%h ' (the audit role's default).
 options:
-  login_unix_socket: {type: str, default: /var/run/postgresql, description: Socket directory.}
+  login_unix_socket: {type: str, required: true, description: "Socket directory (the postgresql role's facts)."}
   login_port: {type: int, default: 5432, description: Port.}
   log_directory: {type: path, required: true, description: Directory of the server's log files.}
   since: {type: str, default: "", description: Only log lines from this time (ISO 8601); empty is window_hours ago.}
@@ -506,7 +506,7 @@ def cert_days_left(path, now):
 def main():
     module = AnsibleModule(
         argument_spec={
-            "login_unix_socket": {"type": "str", "default": "/var/run/postgresql"},
+            "login_unix_socket": {"type": "str", "required": True},
             "login_port": {"type": "int", "default": 5432},
             "log_directory": {"type": "path", "required": True},
             "since": {"type": "str", "default": ""},
