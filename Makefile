@@ -8,11 +8,12 @@ LAB_GATEWAY ?= 172.29.57.1
 LAB_S3_PORT ?= 9000
 SCENARIOS ?= default cluster
 
-.PHONY: help bootstrap lab lab-destroy test lint lint-sql unit molecule bench bench-payment bench-audit bench-failover bench-backup sample-data docs erd bench-security
+.PHONY: help bootstrap lab psql lab-destroy test lint lint-sql unit molecule bench bench-payment bench-audit bench-failover bench-backup sample-data docs erd bench-security
 
 help:
 	@echo "make lab          deploy the lab (containers, S3 endpoint, site.yml)"
 	@echo "make lab-destroy  remove the lab"
+	@echo "make psql         psql as the lab's read-only user (lab_reader), over TLS"
 	@echo "make test         lint + unit tests + Molecule scenarios ($(SCENARIOS))"
 	@echo "make bench        converge benchmark of the lab (see bench/README.md)"
 	@echo "make bench-payment  payment workload (pgbench) on the lab primary"
@@ -31,6 +32,12 @@ lab: bootstrap
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml
 	lab/s3.sh start $(LAB_GATEWAY) $(LAB_S3_PORT)
 	ansible-playbook -i $(LAB_INVENTORY) site.yml
+	@mkdir -p lab/.state
+	@ansible-playbook -i $(LAB_INVENTORY) playbooks/status.yml -e status_file=$(CURDIR)/lab/.state/status.json >/dev/null
+	@python -m pgops.labsummary lab/.state/status.json
+
+psql:
+	@lab/psql.sh
 
 lab-destroy:
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml -e lab_state=absent

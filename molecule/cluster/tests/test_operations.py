@@ -113,7 +113,7 @@ def test_backup_now_refuses_an_unknown_kind_before_anything_runs(host):
     with pytest.raises(runner.LaunchError, match="not one of"):
         launch("Backup now", {"backup_now_kind": "incremental"})
     job = runner.run("playbooks/backup_now.yml", Path(os.environ["MOLECULE_INVENTORY_FILE"]), {"backup_now_kind": "x"})
-    assert job.status == "failed" and "backup_now_kind must be logical, base or both" in job.stdout
+    assert job.status == "failed" and "backup_now_kind must be one of: logical, base, both" in job.stdout
     assert max(job.changed().values(), default=0) == 0
 
 
