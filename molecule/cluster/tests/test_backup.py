@@ -8,7 +8,7 @@ import subprocess
 import time
 
 from pgops.backup import Manifest, backup_id, plan_retention, tiers_for
-from pgops.testing import host_address, psql, run_playbook
+from pgops.testing import host_address, psql, recap_changed, run_playbook
 
 BUCKET = "pgops-molecule-backups"
 PREFIX = "pgops/payments/logical/dumps/"
@@ -129,6 +129,20 @@ def test_restore_refuses_to_overwrite_a_running_primary(host):
         "playbooks/restore.yml", {"restore_host": host.backend.host, "restore_cluster": "main", "restore_port": 5433}
     )
     assert run.returncode != 0 and "never main" in run.stdout
+
+
+def test_restore_never_replaces_an_existing_cluster_unasked(host):
+    assert host.run(f"pg_createcluster {major(host)} occupied --port 5435").rc == 0
+    try:
+        run = run_playbook(
+            "playbooks/restore.yml",
+            {"restore_host": host.backend.host, "restore_cluster": "occupied", "restore_port": 5435},
+        )
+        assert run.returncode != 0 and "Cluster occupied already exists" in run.stdout
+        assert recap_changed(run.stdout).get(host.backend.host, 0) == 0
+        assert host.run(f"pg_lsclusters {major(host)} occupied").rc == 0
+    finally:
+        host.run(f"pg_dropcluster --stop {major(host)} occupied")
 
 
 def test_point_in_time_recovery(host):
