@@ -126,6 +126,25 @@ def test_restore_drill_with_the_default_host(host):
     assert "drill" not in last.run("pg_lsclusters -h").stdout
 
 
+def test_leader_only_operations_refuse_when_the_leader_is_left_out(host):
+    """--limit without the leader: refused, not a silent success that did nothing."""
+    standby = next(n for n in ("cluster1", "cluster2", "cluster3") if n != host.backend.host)
+    job = runner.run("playbooks/backup_now.yml", Path(os.environ["MOLECULE_INVENTORY_FILE"]), limit=standby)
+    assert job.status == "failed"
+    assert f"The leader, {host.backend.host}, is not in the play" in job.stdout and "no backup was taken" in job.stdout
+
+
+def test_restore_drill_never_touches_the_servers_own_cluster(host):
+    """The drill drops its scratch cluster whatever happens: naming the
+    server's own cluster (or redirecting the restore) is refused first."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"])
+    for extra in ({"restore_drill_cluster": "main"}, {"restore_cluster": "elsewhere"}):
+        job = runner.run("playbooks/restore_drill.yml", inventory, {"restore_drill_host": host.backend.host, **extra})
+        assert job.status == "failed" and "needs its own scratch cluster" in job.stdout, extra
+        assert max(job.changed().values(), default=0) == 0
+    assert psql(host, "SELECT NOT pg_is_in_recovery()") == "t"
+
+
 def test_security_audit_is_clean(host):
     job = launch("Security audit")
     assert job.status == "successful", job.stdout[-3000:]

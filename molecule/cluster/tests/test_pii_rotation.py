@@ -54,11 +54,14 @@ def test_an_installed_key_is_never_replaced(host):
     unreadable: refused on every host, nothing changed, the key not shown."""
     before = host.file("/etc/postgresql/pgops-pii/pii-key-2").sha256sum
     other = "molecule-other-pii-key-" + secrets.token_hex(8)
-    run = run_playbook("playbooks/pii_rotate.yml", {**ROTATION, "schema_pii_keys": {"1": OLD_KEY, "2": other}})
-    assert run.returncode != 0
-    assert "PII key version(s) 2 are installed with another value" in run.stdout
-    assert other not in run.stdout and NEW_KEY not in run.stdout
-    assert max(recap_changed(run.stdout).values()) == 0
+    # The same directory spelled differently changes nothing to that.
+    for directory in ("/etc/postgresql/pgops-pii", "/etc/postgresql/pgops-pii/"):
+        bad = {**ROTATION, "schema_pii_keys": {"1": OLD_KEY, "2": other}, "schema_pii_key_dir": directory}
+        run = run_playbook("playbooks/pii_rotate.yml", bad)
+        assert run.returncode != 0
+        assert "PII key version(s) 2 are installed with another value" in run.stdout
+        assert other not in run.stdout and NEW_KEY not in run.stdout
+        assert max(recap_changed(run.stdout).values()) == 0
     assert host.file("/etc/postgresql/pgops-pii/pii-key-2").sha256sum == before
 
 
