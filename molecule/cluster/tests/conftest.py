@@ -22,6 +22,7 @@ import testinfra
 import yaml
 
 from pgops.testing import (
+    LoginRole,
     connect,
     create_login_role,
     create_payer,
@@ -36,6 +37,16 @@ from pgops.testing import (
 NODES = {"cluster1": "172.29.62.10", "cluster2": "172.29.62.11", "cluster3": "172.29.62.12"}
 NETWORK = "pgops-molecule-cluster"
 S3_ENDPOINT = "http://172.29.62.1:9001"
+
+# One login per group (molecule.yml access_users), and one in no group.
+USERS = {
+    "admin": LoginRole("m_admin", "molecule-admin-password"),
+    "developer": LoginRole("m_developer", "molecule-developer-password"),
+    "readonlyuser": LoginRole("m_reader", "molecule-reader-password"),
+    "payments_app": LoginRole("m_app", "molecule-app-password-01"),
+    "pii_reader": LoginRole("m_pii", "molecule-pii-password-01"),
+}
+PLAIN = LoginRole("m_plain", "molecule-plain-password-1")
 
 # Module order: what each leaves behind is what the next expects. A module
 # not listed runs after the listed ones that come before "test_ha".

@@ -6,17 +6,10 @@ probe runs in a transaction that is rolled back. docs/schema.md states the
 same matrix and why."""
 
 import pytest
+from conftest import USERS
 from psycopg import errors
 
-from pgops.testing import LoginRole, connect, create_payer, fetch_ca, host_address, psql
-
-USERS = {
-    "admin": LoginRole("m_admin", "molecule-admin-password"),
-    "developer": LoginRole("m_developer", "molecule-developer-password"),
-    "readonlyuser": LoginRole("m_reader", "molecule-reader-password"),
-    "payments_app": LoginRole("m_app", "molecule-app-password-01"),
-    "pii_reader": LoginRole("m_pii", "molecule-pii-password-01"),
-}
+from pgops.testing import connect, create_payer, fetch_ca, host_address, psql
 
 EPOCH = "'2000-01-01'::timestamptz"
 PROBES = {

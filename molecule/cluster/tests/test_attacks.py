@@ -10,18 +10,10 @@ import secrets
 
 import psycopg
 import pytest
+from conftest import PLAIN, USERS
 from psycopg import errors
 
-from pgops.testing import LoginRole, connect, create_payer, fetch_ca, host_address, psql
-
-USERS = {
-    "admin": LoginRole("m_admin", "molecule-admin-password"),
-    "developer": LoginRole("m_developer", "molecule-developer-password"),
-    "readonlyuser": LoginRole("m_reader", "molecule-reader-password"),
-    "payments_app": LoginRole("m_app", "molecule-app-password-01"),
-    "pii_reader": LoginRole("m_pii", "molecule-pii-password-01"),
-}
-PLAIN = LoginRole("m_plain", "molecule-plain-password-1")
+from pgops.testing import connect, create_payer, fetch_ca, host_address, psql
 
 # Everything the database holds that an attack could change. Small tables:
 # the catalogue runs on a test deploy.
