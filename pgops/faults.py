@@ -25,9 +25,11 @@ def in_container(name: str, command: str, check: bool = True) -> subprocess.Comp
 
 
 def sql_in(name: str, sql: str, db: str = "postgres") -> str | None:
-    """SQL as postgres over the member's local socket; None when it fails
-    (the server is down, starting or refusing)."""
-    out = in_container(name, f'runuser -u postgres -- psql -XAtq -d {db} -c "{sql}"', check=False)
+    """SQL as postgres over the member's local socket (no shell between: the
+    SQL is passed as is); None when it fails (the server is down, starting or
+    refusing)."""
+    out = docker("exec", name, "runuser", "-u", "postgres", "--", "psql", "-XAtq", "-v", "ON_ERROR_STOP=1",
+                 "-d", db, "-c", sql, check=False)  # fmt: skip
     return out.stdout.strip() if out.returncode == 0 else None
 
 
