@@ -83,12 +83,6 @@ def test_partition_maintenance_fails_on_rows_in_a_default_partition(host):
         )
 
 
-def test_deploy_in_check_mode_changes_nothing(host):
-    job = launch("Deploy", check=True)
-    assert job.status == "successful", job.stdout[-3000:]
-    assert job.changed() and max(job.changed().values()) == 0, job.changed()
-
-
 def test_status_names_the_leader(host):
     job = launch("Status")
     assert job.status == "successful", job.stdout[-3000:]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pgops import runner
 from pgops.testing import psql, recap_changed, run_playbook, setting
 
 SCENARIO_TUNING = {"work_mem": "8MB"}
@@ -164,3 +165,9 @@ def test_scenario_configuration_is_restored_and_stable(host):
     again = run_playbook("site.yml")
     assert again.returncode == 0, again.stdout[-3000:]
     assert recap_changed(again.stdout)[host.backend.host] == 0
+    # The Deploy job template in check mode, as AWX launches it: clean, and
+    # nothing would change.
+    check = runner.launch_template("Deploy", Path(os.environ["MOLECULE_INVENTORY_FILE"]), None, True, job_timeout=900)
+    assert check.status == "successful", check.stdout[-3000:]
+    assert check.changed().get(host.backend.host) == 0, check.stdout[-3000:]
+    assert max(check.changed().values()) == 0, check.stdout[-3000:]
