@@ -199,7 +199,7 @@ def plot(trials: list[dict], path: Path):
     ax.axvline(TARGETS["median_s"], linestyle="--", color="grey", linewidth=1)
     ax.axvline(TARGETS["max_s"], linestyle=":", color="grey", linewidth=1)
     ax.set_xlabel("seconds from the fault to the first acknowledged write (lines: 15 s and 20 s targets)")
-    ax.set_title(f"Automatic failover on the 2-core lab, {len(data[0])} + {len(data[1])} trials, payment workload on")
+    ax.set_title(f"Automatic failover, 2-core lab, payment workload on: {len(data[0])} + {len(data[1])} trials")
     fig.tight_layout()
     fig.savefig(path)
 
