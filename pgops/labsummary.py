@@ -25,6 +25,8 @@ def render(status: dict) -> str:
         "",
         f"  writes:  {strings['primary']}",
         f"  reads:   {strings['readers']}",
+        f"  pooled writes (HAProxy + PgBouncer): {strings['pooled_rw']}",
+        f"  pooled reads:                        {strings['pooled_ro']}",
         "",
         "  psql as the read-only user lab_reader: make psql",
         "  cluster status: ansible-playbook -i inventories/lab playbooks/status.yml",
