@@ -8,7 +8,7 @@ LAB_GATEWAY ?= 172.29.57.1
 LAB_S3_PORT ?= 9000
 SCENARIOS ?= default cluster
 
-.PHONY: help bootstrap lab psql lab-destroy test lint lint-sql unit molecule bench bench-payment bench-audit bench-failover bench-backup sample-data docs erd bench-security
+.PHONY: help bootstrap lab psql lab-destroy test lint lint-sql unit molecule bench bench-payment bench-audit bench-failover bench-backup sample-data docs erd bench-security bench-layers bench-clients
 
 help:
 	@echo "make lab          deploy the lab (containers, S3 endpoint, site.yml)"
@@ -21,6 +21,8 @@ help:
 	@echo "make bench-failover  kill and partition trials under load, soak, switchover pause (TRIALS=10 SOAK=600)"
 	@echo "make bench-backup  backup and restore throughput (env SCALE)"
 	@echo "make bench-security  payment workload before vs after the least-privilege API (A B B A)"
+	@echo "make bench-layers  cost of each layer: stock, tuning, audit, sync replication, PgBouncer, HAProxy (SCALE=10)"
+	@echo "make bench-clients  8 to 1024 clients, direct vs PgBouncer, p50/p99 latency (SCALE=10)"
 	@echo "make sample-data  load sample data into the lab (SCALE=1)"
 	@echo "make docs         regenerate docs/variables.md and the privilege matrix"
 	@echo "make erd          regenerate docs/erd.* from the lab's payments database"
@@ -100,6 +102,14 @@ bench-backup:
 
 bench-security:
 	bench/security_cost.sh
+
+bench-layers:
+	@python -c 'import matplotlib' 2>/dev/null || pip install -q -r bench/requirements.txt
+	SCALE=$(if $(filter command line,$(origin SCALE)),$(SCALE),10) bench/layers.sh
+
+bench-clients:
+	@python -c 'import matplotlib' 2>/dev/null || pip install -q -r bench/requirements.txt
+	SCALE=$(if $(filter command line,$(origin SCALE)),$(SCALE),10) bench/clients.sh
 
 sample-data:
 	docker exec -i pg-primary runuser -u postgres -- psql -X -d payments -v scale=$(SCALE) -f - < bench/sample_data.sql

@@ -74,13 +74,15 @@ class AckWriter(threading.Thread):
         return max(b - a for a, b in zip(times, times[1:], strict=False))
 
 
-def multi_host_conninfo(addresses, *, user, password, ca, dbname="postgres", attrs="read-write", timeout=2) -> str:
+def multi_host_conninfo(
+    addresses, *, user, password, ca, dbname="postgres", attrs="read-write", timeout=2, port=5432
+) -> str:
     """A libpq string over every member that lands on the primary. TCP
     keepalives and tcp_user_timeout make a client notice within seconds a
     server that vanished from the network (a cut leaves its connection
     silent, not closed): what docs/high-availability.md asks of clients."""
     hosts = ",".join(addresses)
-    ports = ",".join("5432" for _ in addresses)
+    ports = ",".join(str(port) for _ in addresses)
     return (
         f"host={hosts} port={ports} dbname={dbname} user={user} password={password} sslmode=verify-full "
         f"sslrootcert={ca} target_session_attrs={attrs} connect_timeout={timeout} "
