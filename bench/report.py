@@ -108,7 +108,7 @@ def plot_layers(summary: dict, png: Path) -> None:
     names = [f"{k[0]}. {v['name']}" for k, v in summary.items()]
     medians = [v["median"] for v in summary.values()]
     ax.barh(names[::-1], medians[::-1], color="#4477aa")
-    for i, (layer, v) in enumerate(list(summary.items())[::-1]):
+    for i, v in enumerate(list(summary.values())[::-1]):
         ax.scatter(v["runs"], [i] * len(v["runs"]), color="black", s=10, zorder=3)
         ax.text(v["median"], i, f" {v['ratio_to_stock']}x", va="center")
     ax.set_xlabel("payment iterations/s (median; dots: runs)")

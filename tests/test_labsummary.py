@@ -11,8 +11,12 @@ STATUS = {
         {"host": "pg-standby", "address": "172.29.57.11", "patroni": {"role": "leader", "state": "running"}},
         {"host": "pg-standby2", "address": "172.29.57.12", "patroni": {}},
     ],
-    "connection_strings": {"primary": "postgresql://a,b,c/payments?rw", "readers": "postgresql://a,b,c/payments?ro",
-                           "pooled_rw": "postgresql://a:5000,b:5000/payments", "pooled_ro": "postgresql://a:5001/payments"},
+    "connection_strings": {
+        "primary": "postgresql://a,b,c/payments?rw",
+        "readers": "postgresql://a,b,c/payments?ro",
+        "pooled_rw": "postgresql://a:5000,b:5000/payments",
+        "pooled_ro": "postgresql://a:5001/payments",
+    },
 }
 
 
