@@ -17,6 +17,7 @@ import pytest
 import yaml
 from conftest import NODES, USERS, member
 
+from pgops.faults import docker
 from pgops.testing import LoginRole, connect, psql, run_playbook
 
 RW_PORT, RO_PORT, POOLER_PORT = 5000, 5001, 6432  # haproxy and pgbouncer defaults
@@ -54,6 +55,32 @@ def test_read_write_port_reaches_the_primary_and_read_only_a_replica(via, leader
     with pooled(address, USERS["readonlyuser"], cluster_ca, RO_PORT) as conn:
         assert in_recovery(conn) is True
         assert conn.execute("SELECT count(*) >= 0 FROM payments.merchant").fetchone()[0]
+
+
+def test_read_only_port_falls_back_to_the_primary_without_a_healthy_replica(leader_name, cluster_ca):
+    """Both replicas' Patroni frozen (SIGSTOP to its main process only: its
+    REST API stops answering, PostgreSQL streams on): within two checks the
+    read-only port leads to the primary; once they answer again, back to a
+    replica."""
+    replicas = [n for n in NODES if n != leader_name]
+    address = NODES[leader_name]
+    reader = USERS["readonlyuser"]
+    try:
+        for name in replicas:
+            docker("exec", name, "systemctl", "kill", "--kill-whom=main", "--signal=SIGSTOP", "patroni")
+        time.sleep(3)  # two checks a second apart, and their 2 s timeout
+        with pooled(address, reader, cluster_ca, RO_PORT) as conn:
+            assert in_recovery(conn) is False
+    finally:
+        for name in replicas:
+            docker("exec", name, "systemctl", "kill", "--kill-whom=main", "--signal=SIGCONT", "patroni")
+    deadline = time.monotonic() + 15
+    while True:
+        with pooled(address, reader, cluster_ca, RO_PORT) as conn:
+            if in_recovery(conn):
+                break
+        assert time.monotonic() < deadline, "the read-only port did not come back to a replica"
+        time.sleep(1)
 
 
 def test_pooler_refuses_a_wrong_password_and_a_client_without_tls(leader_name, cluster_ca):
