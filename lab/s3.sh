@@ -15,7 +15,9 @@ running() { [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 case $action in
   start)
     if running; then echo "S3 endpoint running on $host:$port"; exit 0; fi
-    nohup .venv/bin/moto_server -H "$host" -p "$port" >"$state/moto-$port.log" 2>&1 &
+    # Its own session: nothing that ends the caller's process group (a playbook
+    # run, a CI step) takes the endpoint down with it.
+    setsid nohup .venv/bin/moto_server -H "$host" -p "$port" >"$state/moto-$port.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
     for _ in $(seq 50); do
       if curl -fsS -o /dev/null "http://$host:$port/moto-api/" 2>/dev/null; then
