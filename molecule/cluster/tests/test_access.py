@@ -153,6 +153,7 @@ def test_login_users_are_members_of_exactly_their_groups(host):
         "m_app|payments_app",
         "m_batch|readonlyuser",
         "m_developer|developer",
+        "m_monitor|monitoring",
         "m_pii|pii_reader",
         "m_reader|readonlyuser",
     ]
@@ -177,7 +178,7 @@ def test_no_group_or_login_has_dangerous_attributes(host):
 
 def test_passwords_are_stored_as_scram_verifiers(host):
     stored = psql(host, "SELECT rolpassword FROM pg_authid WHERE rolname LIKE 'm\\_%'").splitlines()
-    assert len(stored) == 7 and all(p.startswith("SCRAM-SHA-256$4096:") for p in stored)
+    assert len(stored) == 8 and all(p.startswith("SCRAM-SHA-256$4096:") for p in stored)
 
 
 def test_nothing_granted_to_public_in_the_schema(host):

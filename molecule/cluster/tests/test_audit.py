@@ -210,4 +210,12 @@ def test_no_password_is_refused_and_no_rule_trusts(host, ca):
     with pytest.raises(psycopg.OperationalError, match="no password supplied|password authentication failed"):
         connect(host_address(host), LoginRole("m_reader", ""), ca, dbname="payments")
     methods = psql(host, "SELECT string_agg(DISTINCT auth_method, ',' ORDER BY auth_method) FROM pg_hba_file_rules")
-    assert methods == "peer,reject,scram-sha-256"
+    assert methods == "cert,peer,reject,scram-sha-256"
+    # The certificate is for the pooler's lookup user only, from loopback only.
+    cert = psql(
+        host,
+        "SELECT string_agg(DISTINCT user_name::text || ' ' || address, ',' ORDER BY user_name::text || ' ' || address) "
+        "FROM pg_hba_file_rules "
+        "WHERE auth_method = 'cert'",
+    )
+    assert cert == "{pgbouncer_auth} 127.0.0.1,{pgbouncer_auth} ::1"

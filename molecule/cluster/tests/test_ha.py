@@ -179,7 +179,9 @@ def test_overload_is_not_death(host, cluster_ca, writer_conninfo, tmp_path):
     held = []
     try:
         wait_until(
-            lambda: sql_in(leader, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'm_app'") == "16",
+            lambda: sql_in(
+                leader, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'm_app' AND application_name = 'pgbench'"
+            ) == "16",
             120, "the payment workload's 16 clients",
         )  # fmt: skip
         while True:  # until the server refuses: every non-reserved slot is taken

@@ -140,6 +140,9 @@ def test_thousand_clients_share_a_hundred_connection_server(leader_name, cluster
             conn.close()
     total = int(psql(leader, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"))
     assert total < MAX_CONNECTIONS
+    # The pool keeps its server connections (server_idle_timeout): end them,
+    # so that the next suites find the server's slots as they were.
+    psql(leader, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{APP.name}'")
 
 
 def test_a_user_removed_from_access_users_cannot_log_in_through_the_pooler(leader_name, cluster_ca):

@@ -113,13 +113,19 @@ def test_configuration_is_a_managed_dropin(host):
 
 
 def test_pg_hba_has_no_trust_and_remote_is_tls_only(host):
-    rules = psql(host, "SELECT type, auth_method, coalesce(error, '') FROM pg_hba_file_rules").splitlines()
+    rules = psql(
+        host,
+        "SELECT type, auth_method, coalesce(error, ''), user_name::text, coalesce(address, '') FROM pg_hba_file_rules",
+    ).splitlines()
     assert rules
     for rule in rules:
-        kind, method, error = rule.split("|")
+        kind, method, error, users, address = rule.split("|")
         assert error == ""
-        assert method in {"peer", "scram-sha-256", "reject"}
-        assert kind in {"local", "hostssl"}
+        assert method in {"peer", "scram-sha-256", "reject", "cert"}
+        # A plain `host` line only rejects; a certificate only for the
+        # pooler's lookup user, from loopback.
+        assert kind in {"local", "hostssl"} or (kind == "host" and method == "reject")
+        assert method != "cert" or (users == "{pgbouncer_auth}" and address in {"127.0.0.1", "::1"})
     assert host.file(setting(host, "hba_file")).mode == 0o600
 
 
