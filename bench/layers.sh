@@ -53,9 +53,9 @@ audit() {  # off | on (the audit role; restored to the lab's settings at exit)
   if [[ $1 == off ]]; then
     ansible-playbook -i inventories/lab playbooks/audit.yml -l "$host" -e '{"audit_log_statement": "none",
       "audit_log_connections": false, "audit_log_disconnections": false, "audit_pgaudit_log": ["none"],
-      "audit_parameters": {"pgaudit.role": ""}}' >/dev/null
+      "audit_parameters": {"pgaudit.role": ""}}' >/dev/null 2>&1
   else
-    ansible-playbook -i inventories/lab playbooks/audit.yml -l "$host" >/dev/null
+    ansible-playbook -i inventories/lab playbooks/audit.yml -l "$host" >/dev/null 2>&1
   fi
 }
 trap 'audit on' EXIT

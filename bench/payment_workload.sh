@@ -41,7 +41,7 @@ if [[ ${BENCH_LATENCY:-0} == 1 ]]; then
   latency=(--log --log-prefix=/var/tmp/pgbench-log/tx)
 fi
 docker exec -e PGPASSWORD="$password" -e PGSSLMODE="${BENCH_SSLMODE:-prefer}" -e PGOPTIONS="${BENCH_OPTIONS:-}" \
-  "$host" runuser -u postgres -- "$bindir/pgbench" -n "${latency[@]}" \
+  "$host" runuser -u postgres -- sh -c 'ulimit -n 8192 && exec "$0" "$@"' "$bindir/pgbench" -n "${latency[@]}" \
   -h "${BENCH_HOST:-$socket}" -p "$bench_port" -U "$user" -c "$clients" -j 2 -T "$duration" \
   -D merchant_min="$merchant_min" -D merchants="$merchants" -D method_min="$method_min" -D methods="$methods" \
   -f /var/tmp/payment.pgbench "$db" \

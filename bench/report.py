@@ -58,7 +58,7 @@ def clients_summary(runs: list[tuple[str, dict]]) -> dict:
         entry = out.setdefault(f"{mode}-{int(clients):04d}", {"mode": mode, "clients": int(clients), "runs": []})
         entry["runs"].append(run)
     for entry in out.values():
-        ok = [r for r in entry["runs"] if "refused" not in r]
+        ok = [r for r in entry["runs"] if "refused" not in r and r.get("iterations_per_s")]
         entry["refused"] = len(entry["runs"]) - len(ok)
         if ok:
             entry["median"] = round(statistics.median(r["iterations_per_s"] for r in ok), 1)
