@@ -14,8 +14,7 @@ out=bench/results
 declare -A modes=(
   [source_defaults]='{}'
   [pgaudit_only]='{"audit_log_statement": "none", "audit_log_connections": false, "audit_log_disconnections": false}'
-  [no_audit]='{"audit_log_statement": "none", "audit_log_connections": false, "audit_log_disconnections": false,
-               "audit_pgaudit_log": ["none"], "audit_parameters": {"pgaudit.role": ""}}'
+  [no_audit]=@bench/audit-off.json
 )
 restore() { ansible-playbook -i inventories/lab playbooks/audit.yml -l "$host" >/dev/null; }
 trap restore EXIT
