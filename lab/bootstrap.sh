@@ -34,4 +34,15 @@ if [[ ! -x .venv/bin/python || "$(cat .venv/.requirements.sha256 2>/dev/null)" !
   echo "$want" > .venv/.requirements.sha256
 fi
 
+# promtool (Debian's prometheus package) for the alert rules' unit tests, taken
+# from the package without installing it: no Prometheus server on the controller.
+if [[ ! -x .venv/bin/promtool ]]; then
+  echo "extracting promtool from Debian's prometheus package"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; })
+  dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
+  install -m 755 "$tmp/usr/bin/promtool" .venv/bin/promtool
+  rm -rf "$tmp"
+fi
+
 bash lab/image.sh
