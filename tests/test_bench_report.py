@@ -15,7 +15,7 @@ def test_layers_are_ratios_of_medians_to_stock():
     assert summary["1-stock"]["median"] == 110 and summary["1-stock"]["ratio_to_stock"] == 1.0
     assert summary["4-sync"]["median"] == 55 and summary["4-sync"]["max"] == 60
     assert summary["4-sync"]["ratio_to_stock"] == 0.5
-    assert "| 4 + synchronous replication | 55.0 | 60 | 0.5 |" in report.layers_table(summary)
+    assert "| 4 the 3-member lab (+ synchronous replication) | 55.0 | 60 | 0.5 |" in report.layers_table(summary)
 
 
 def test_clients_record_refusals_and_the_ratio_to_the_best_pooled_count():
