@@ -11,7 +11,7 @@ import pytest
 from pgops import alerttests
 
 ROOT = Path(__file__).parent.parent
-RULES = ROOT / "monitoring" / "alerts.yml"
+RULES = ROOT / "roles" / "monitoring" / "files" / "alerts.yml"
 CASES = ROOT / "tests" / "alerts" / "cases.yml"
 RUNBOOK = ROOT / "docs" / "operations" / "alerts.md"
 PROMTOOL = shutil.which("promtool") or str(ROOT / ".venv" / "bin" / "promtool")
