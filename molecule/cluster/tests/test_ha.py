@@ -16,39 +16,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import NETWORK, NODES, member
+from conftest import NETWORK, NODES, TTL, leader_of, member, members, wait_healthy
 
-from pgops import faults, runner
+from pgops import runner
 from pgops.faults import docker, in_container, lost_commits, sql_in, wait_until
 from pgops.testing import create_login_role, patroni_get, psql, recap_changed, run_playbook
 from pgops.writer import TABLE_DDL, AckWriter, PaymentClient, multi_host_conninfo
-
-TTL = 20  # patroni_ttl (roles/patroni/defaults)
-HEALTHY_WITHIN = 120
-
-
-def members(ca, among=None):
-    return faults.members(among or NODES.values(), ca)
-
-
-def leader_of(ca, among=None):
-    return faults.leader_in(members(ca, among))
-
-
-def healthy(ca):
-    """Every member streaming from one leader, and every standby back in the
-    synchronous quorum (a trial that starts before a returning standby has
-    rejoined it would test another topology)."""
-    try:
-        view = members(ca)
-    except AssertionError:  # no member answered
-        return False
-    return faults.is_healthy(view, len(NODES)) and all(m["role"] in ("leader", "quorum_standby") for m in view.values())
-
-
-def wait_healthy(ca, timeout=HEALTHY_WITHIN):
-    wait_until(lambda: healthy(ca), timeout, "a leader and two streaming replicas")
-    return leader_of(ca)
 
 
 @pytest.fixture(scope="module")

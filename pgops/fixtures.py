@@ -1,0 +1,48 @@
+"""Pytest fixtures the Molecule scenarios share (imported by their
+conftest.py): a test harness login with direct privileges on the payments
+tables, and connections to the payments database as that login over TLS.
+Each needs the scenario's `host` fixture: testinfra's own in a one-member
+scenario, the Patroni leader in the cluster."""
+
+import pytest
+
+from pgops.testing import connect, create_login_role, fetch_ca, host_address, psql
+
+DB = "payments"
+
+
+@pytest.fixture(scope="module")
+def tester(host):
+    role = create_login_role(host, "schema_test")
+    psql(
+        host,
+        f"GRANT CONNECT ON DATABASE payments TO {role.name};"
+        f"GRANT USAGE ON SCHEMA payments, pgops TO {role.name};"
+        f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA payments TO {role.name};"
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA pgops TO {role.name};"
+        f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA payments TO {role.name};"
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA payments TO {role.name};"
+        f"GRANT USAGE ON SCHEMA partman TO {role.name};"
+        f"GRANT SELECT ON partman.part_config TO {role.name};",
+        db=DB,
+    )
+    yield role
+    psql(host, f"REVOKE CONNECT ON DATABASE payments FROM {role.name}; DROP OWNED BY {role.name}", db=DB)
+    psql(host, f"DROP ROLE {role.name}")
+
+
+@pytest.fixture(scope="module")
+def db(host, tester, tmp_path_factory):
+    """A factory of autocommit connections to the payments database."""
+    ca = fetch_ca(host, tmp_path_factory.mktemp("ca"))
+    address = host_address(host)
+    opened = []
+
+    def open_connection(autocommit=True):
+        conn = connect(address, tester, ca, dbname=DB, autocommit=autocommit)
+        opened.append(conn)
+        return conn
+
+    yield open_connection
+    for conn in opened:
+        conn.close()
