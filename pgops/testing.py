@@ -35,6 +35,36 @@ def psql_fails(host, sql: str, db: str = "postgres") -> str:
     return result.stderr.strip()
 
 
+def plant_default_partition_row(host, tag: str) -> None:
+    """A payment dated three years ahead, beyond the premade partitions: it
+    lands in payments.transaction_default. `tag` names its merchant and
+    customer (unique per caller: letters, digits, underscores)."""
+    assert re.fullmatch(r"\w+", tag), tag
+    psql(
+        host,
+        "WITH m AS (INSERT INTO payments.merchant (name, country_code, default_currency) "  # noqa: S608 (tag checked)
+        f"           VALUES ('{tag}', 'FR', 'EUR') RETURNING id), "
+        f"c AS (SELECT payments.create_customer('{tag}', 'probe-password-{tag}', '{tag}@example.test', 'Probe') "
+        "       AS id), "
+        f"pm AS (SELECT payments.add_payment_method(c.id, 'card', 'tok_{tag}_' || md5(random()::text), 'Visa 4242') "
+        "       AS id, c.id AS customer_id FROM c) "
+        "INSERT INTO payments.transaction (created_at, merchant_id, customer_id, payment_method_id, amount, currency, "
+        "status, device_type) SELECT now() + interval '3 years', m.id, pm.customer_id, pm.id, 100, 'EUR', 'pending', "
+        "'desktop' FROM m, pm",
+        "payments",
+    )
+
+
+def remove_default_partition_rows(host) -> None:
+    """Remove the far-dated probe rows (the table is append-only: as a replica would)."""
+    psql(
+        host,
+        "SET session_replication_role = replica; "
+        "DELETE FROM payments.transaction_default WHERE created_at > now() + interval '2 years'",
+        "payments",
+    )
+
+
 def host_address(host) -> str:
     """The host's address on the lab network (first global IPv4 of eth0)."""
     return next(a for a in host.interface("eth0").addresses if ":" not in a)

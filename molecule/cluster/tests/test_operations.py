@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pgops import runner
-from pgops.testing import psql
+from pgops.testing import plant_default_partition_row, psql, remove_default_partition_rows
 
 BUCKET = "pgops-molecule-backups"
 
@@ -57,30 +57,13 @@ def test_partition_maintenance_premakes_missing_partitions_with_the_parents_gran
 
 def test_partition_maintenance_fails_on_rows_in_a_default_partition(host):
     """A payment dated beyond the premade partitions lands in the default one."""
-    psql(
-        host,
-        "WITH m AS (INSERT INTO payments.merchant (name, country_code, default_currency) "
-        "           VALUES ('ops probe', 'FR', 'EUR') RETURNING id), "
-        "c AS (SELECT payments.create_customer('ops_probe', 'ops-probe-password-1', 'ops@example.test', 'Ops') AS id), "
-        "pm AS (SELECT payments.add_payment_method(c.id, 'card', 'tok_ops_' || md5(random()::text), 'Visa 4242') "
-        "       AS id, c.id AS customer_id FROM c) "
-        "INSERT INTO payments.transaction (created_at, merchant_id, customer_id, payment_method_id, amount, currency, "
-        "status, device_type) SELECT now() + interval '3 years', m.id, pm.customer_id, pm.id, 100, 'EUR', 'pending', "
-        "'desktop' FROM m, pm",
-        "payments",
-    )
+    plant_default_partition_row(host, "ops_probe")
     try:
         job = launch("Partition maintenance")
         assert job.status == "failed"
         assert "Rows in the default partition of payments.transaction" in job.stdout
     finally:
-        # The table is append-only; the lab removes its probe row as replica.
-        psql(
-            host,
-            "SET session_replication_role = replica; "
-            "DELETE FROM payments.transaction_default WHERE created_at > now() + interval '2 years'",
-            "payments",
-        )
+        remove_default_partition_rows(host)
 
 
 def test_status_names_the_leader(host):

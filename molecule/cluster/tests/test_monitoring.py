@@ -1,0 +1,246 @@
+"""Monitoring end to end: Prometheus on the monitoring host scrapes every
+member's exporters and Patroni, the exporters answer that host only and
+expose no secret, and real faults reach Alertmanager's webhook (a listener
+on the controller): a stopped standby, S3 cut off from the leader, a row in
+a default partition, 20 failed logins. Each alert but the last resolves
+once the fault is undone (the login alert looks back five minutes).
+
+The bound on an alert's arrival is its rule's `for:` plus the time to see
+the fault and to send it: one scrape interval until a scrape sees it, one
+evaluation interval until a rule evaluation does, and Alertmanager's
+group_wait (roles/monitoring/templates/alertmanager.yml.j2)."""
+
+import json
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.request import urlopen
+
+import psycopg
+import pytest
+import yaml
+from conftest import NODES, wait_healthy
+
+from pgops.faults import docker, in_container, wait_until
+from pgops.testing import (
+    LoginRole,
+    connect,
+    host_address,
+    plant_default_partition_row,
+    remove_default_partition_rows,
+)
+
+MONITOR = "cluster-monitor"
+PROMETHEUS = "http://172.29.62.20:9090"
+WEBHOOK = ("172.29.62.1", 9095)  # molecule.yml monitoring_webhook_url
+EXPORTER_PORTS = (9187, 9100, 3903)  # the exporters role's defaults (PostgreSQL, node, mtail)
+SCENARIO = yaml.safe_load((Path(__file__).resolve().parents[1] / "molecule.yml").read_text())
+INTERVAL = 5  # molecule.yml monitoring_scrape_interval (scrapes and rule evaluations)
+GROUP_WAIT = 10
+RULES = yaml.safe_load((Path(__file__).resolve().parents[3] / "roles/monitoring/files/alerts.yml").read_text())
+
+
+def rule_for(alert: str) -> int:
+    """The rule's `for:` in seconds."""
+    rule = next(r for g in RULES["groups"] for r in g["rules"] if r["alert"] == alert)
+    text = rule.get("for", "0s")
+    return int(text[:-1]) * {"s": 1, "m": 60, "h": 3600}[text[-1]]
+
+
+def arrival_bound(alert: str) -> int:
+    return rule_for(alert) + 2 * INTERVAL + GROUP_WAIT
+
+
+def prometheus(path: str):
+    with urlopen(f"{PROMETHEUS}{path}", timeout=10) as response:  # noqa: S310 (the scenario's fixed http URL)
+        body = json.load(response)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    """Alertmanager's receiver: every notification, with the controller's
+    monotonic time it arrived."""
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append((time.monotonic(), payload))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(WEBHOOK, Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield received
+    server.shutdown()
+    server.server_close()
+
+
+def notified(received, alert: str, status: str, since: float, **labels) -> float | None:
+    """When the first notification of `alert` in `status` (firing or
+    resolved) with these labels arrived after `since`."""
+    for at, payload in list(received):
+        for a in payload["alerts"]:
+            if (
+                at >= since
+                and a["labels"].get("alertname") == alert
+                and a["status"] == status
+                and all(a["labels"].get(k) == v for k, v in labels.items())
+            ):
+                return at
+    return None
+
+
+def test_every_target_is_up():
+    """Four jobs (PostgreSQL exporter, node exporter, failed logins, Patroni) on every member."""
+
+    def targets():
+        active = prometheus("/api/v1/targets?state=active")["activeTargets"]
+        return active if len(active) == 4 * len(NODES) and all(t["health"] == "up" for t in active) else None
+
+    active = wait_until(targets, 60, "every target up", interval=INTERVAL)
+    assert {(t["labels"]["job"], t["labels"]["member"]) for t in active} == {
+        (job, member) for job in ("postgres", "node", "logins", "patroni") for member in NODES
+    }
+
+
+def test_every_rule_is_loaded_with_its_runbook():
+    loaded = [r for g in prometheus("/api/v1/rules")["groups"] for r in g["rules"] if r["type"] == "alerting"]
+    assert sorted(r["name"] for r in loaded) == sorted(r["alert"] for g in RULES["groups"] for r in g["rules"])
+    assert all(r["annotations"]["runbook_url"].startswith("https://") for r in loaded)
+
+
+def monitor_fetch(url: str, login: bool) -> tuple[int, str]:
+    """GET from the monitoring host, verifying TLS with the cluster CA it holds."""
+    script = (
+        "import base64, ssl, sys, urllib.error, urllib.request\n"
+        "ctx = ssl.create_default_context(cafile='/etc/pgops/monitoring/ca.crt')\n"
+        "req = urllib.request.Request(sys.argv[1])\n"
+        "if sys.argv[2] == 'yes':\n"
+        "    token = base64.b64encode(('prometheus:' + sys.argv[3]).encode()).decode()\n"
+        "    req.add_header('Authorization', 'Basic ' + token)\n"
+        "try:\n"
+        "    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:\n"
+        "        print(r.status); print(r.read().decode())\n"
+        "except urllib.error.HTTPError as e: print(e.code)\n"
+    )
+    password = SCENARIO["provisioner"]["inventory"]["group_vars"]["monitoring"]["monitoring_scrape_password"]
+    out = docker("exec", MONITOR, "python3", "-c", script, url, "yes" if login else "no", password).stdout
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+def test_exporters_answer_the_monitoring_host_only():
+    for address in NODES.values():
+        for port in EXPORTER_PORTS:
+            # From the controller (not in exporters_allowed_networks): dropped.
+            with pytest.raises(OSError):
+                socket.create_connection((address, port), timeout=3).close()
+        # From the monitoring host: TLS, and a login is required (mtail has
+        # neither: only the IP filter admits the monitoring host).
+        for port in EXPORTER_PORTS[:2]:
+            assert monitor_fetch(f"https://{address}:{port}/metrics", login=False)[0] == 401
+        assert monitor_fetch(f"http://{address}:{EXPORTER_PORTS[2]}/metrics", login=False)[0] == 200
+
+
+def secrets_of_the_scenario():
+    """Every password and key molecule.yml gives the roles."""
+    found = []
+
+    def walk(value, key=""):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, str(k))
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, str) and any(w in key for w in ("password", "key", "secret")) and len(value) >= 8:
+            found.append(value)
+
+    walk(SCENARIO["provisioner"]["inventory"])
+    return found
+
+
+def test_metrics_expose_no_password_key_or_pii():
+    secrets = secrets_of_the_scenario()
+    assert len(secrets) > 10  # the walk found them
+    for address in NODES.values():
+        for port in EXPORTER_PORTS:
+            scheme = "https" if port != EXPORTER_PORTS[2] else "http"
+            status, body = monitor_fetch(f"{scheme}://{address}:{port}/metrics", login=True)
+            assert status == 200
+            leaked = [s for s in secrets if s in body]
+            assert not leaked, f"{address}:{port} exposes {len(leaked)} secret(s)"
+            assert "PRIVATE KEY" not in body
+            assert "@example.test" not in body  # the customers' e-mail addresses
+    _, body = monitor_fetch(f"https://{next(iter(NODES.values()))}:9187/metrics", login=True)
+    assert "pgops_partition_premade{" in body and "pgops_archiver_failing" in body
+
+
+def test_faults_fire_their_alerts_and_resolve(host, cluster_ca, webhook):
+    """Four faults at once, each with its own alert: a standby stopped,
+    S3 cut off from the leader (its archiver fails), a row in the default
+    partition of payments.transaction, 20 wrong passwords at the leader."""
+    leader = host.backend.host
+    standby = sorted(n for n in NODES if n != leader)[0]
+    rule = ["INPUT", "-s", host_address(host), "-p", "tcp", "--dport", "9001", "-j", "REJECT",
+            "--reject-with", "tcp-reset"]  # fmt: skip
+    expected = {
+        "PostgresMemberDown": {"member": standby},
+        "WalArchivingFailing": {"instance": f"{NODES[leader]}:{EXPORTER_PORTS[0]}"},
+        "PartitionDefaultHasRows": {"parent": "payments.transaction"},
+        "LoginFailureBurst": {"instance": f"{NODES[leader]}:{EXPORTER_PORTS[2]}"},
+    }
+    docker("stop", standby)
+    stopped = time.monotonic()
+    subprocess.run(["iptables", "-I", *rule], check=True)
+    planted = False
+    try:
+        plant_default_partition_row(host, "monitoring_probe")
+        planted = True
+        for _ in range(20):
+            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+                connect(NODES[leader], LoginRole("m_reader", "not-the-password"), cluster_ca, dbname="payments")
+        # WAL to archive: archive_timeout (5 s) switches segments while there is activity.
+        for _ in range(3):
+            in_container(leader, "runuser -u postgres -- psql -XAtq -c 'SELECT pg_switch_wal(), txid_current()'")
+        fired = {}
+        for alert, labels in expected.items():
+            fired[alert] = wait_until(
+                lambda a=alert, lb=labels: notified(webhook, a, "firing", stopped, **lb),
+                arrival_bound(alert) + 60, f"{alert} at the webhook",
+            ) - stopped  # fmt: skip
+        print({a: round(s) for a, s in fired.items()})
+        assert fired["PostgresMemberDown"] <= arrival_bound("PostgresMemberDown")
+        assert fired["PartitionDefaultHasRows"] <= arrival_bound("PartitionDefaultHasRows")
+        assert fired["LoginFailureBurst"] <= arrival_bound("LoginFailureBurst")
+        # Archiving fails at the first segment switch after the cut: within
+        # archive_timeout of it, then the rule's bound.
+        assert fired["WalArchivingFailing"] <= arrival_bound("WalArchivingFailing") + 5 + INTERVAL
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True)
+        if planted:
+            remove_default_partition_rows(host)
+        docker("start", standby)
+    undone = time.monotonic()
+    for alert, labels in expected.items():
+        if alert == "LoginFailureBurst":
+            continue
+        wait_until(
+            lambda a=alert, lb=labels: notified(webhook, a, "resolved", undone, **lb),
+            180, f"{alert} resolved at the webhook", interval=INTERVAL,
+        )  # fmt: skip
+    wait_healthy(cluster_ca)
+
+
+def test_the_webhook_got_no_secret(webhook):
+    everything = json.dumps([payload for _, payload in webhook])
+    assert not [s for s in secrets_of_the_scenario() if s in everything]
