@@ -8,7 +8,7 @@ LAB_GATEWAY ?= 172.29.57.1
 LAB_S3_PORT ?= 9000
 SCENARIOS ?= default cluster
 
-.PHONY: help bootstrap lab psql lab-destroy test lint lint-sql unit molecule bench bench-payment bench-audit bench-failover bench-backup sample-data docs erd bench-security bench-layers bench-clients
+.PHONY: help bootstrap lab psql lab-destroy test lint lint-sql unit molecule bench bench-payment bench-audit bench-failover bench-backup sample-data docs erd bench-security bench-layers bench-clients bench-monitoring report dashboard
 
 help:
 	@echo "make lab          deploy the lab (containers, S3 endpoint, site.yml)"
@@ -23,6 +23,9 @@ help:
 	@echo "make bench-security  payment workload before vs after the least-privilege API (A B B A)"
 	@echo "make bench-layers  cost of each layer: stock, tuning, audit, sync replication, PgBouncer, HAProxy (SCALE=10)"
 	@echo "make bench-clients  8 to 1024 clients, direct vs PgBouncer, p50/p99 latency (SCALE=10)"
+	@echo "make bench-monitoring  cost of the exporters and scraping on the payment workload (A B B A)"
+	@echo "make report       the lab's last hour from Prometheus as PNG plots (docs/monitoring-lab.png)"
+	@echo "make dashboard    regenerate the Grafana dashboard (docs/grafana/pgops-cluster.json)"
 	@echo "make sample-data  load sample data into the lab (SCALE=1)"
 	@echo "make docs         regenerate docs/variables.md and the privilege matrix"
 	@echo "make erd          regenerate docs/erd.* from the lab's payments database"
@@ -110,6 +113,19 @@ bench-layers:
 bench-clients:
 	@python -c 'import matplotlib' 2>/dev/null || pip install -q -r bench/requirements.txt
 	SCALE=$(if $(filter command line,$(origin SCALE)),$(SCALE),10) bench/clients.sh
+
+bench-monitoring:
+	@python -c 'import matplotlib' 2>/dev/null || pip install -q -r bench/requirements.txt
+	bench/monitoring_cost.sh
+
+# The lab's Prometheus (pg-monitor); the same panels as the Grafana dashboard.
+LAB_PROMETHEUS ?= http://172.29.57.20:9090
+report:
+	@python -c 'import matplotlib' 2>/dev/null || pip install -q -r bench/requirements.txt
+	python -m pgops.dashboard report $(LAB_PROMETHEUS) docs/monitoring-lab.png
+
+dashboard:
+	python -m pgops.dashboard grafana docs/grafana/pgops-cluster.json
 
 sample-data:
 	docker exec -i pg-primary runuser -u postgres -- psql -X -d payments -v scale=$(SCALE) -f - < bench/sample_data.sql

@@ -143,7 +143,7 @@ def test_exporters_answer_the_monitoring_host_only():
         for port in EXPORTER_PORTS:
             # From the controller (not in exporters_allowed_networks): dropped.
             with pytest.raises(OSError):
-                socket.create_connection((address, port), timeout=3).close()
+                socket.create_connection((address, port), timeout=1).close()
         # From the monitoring host: TLS, and a login is required (mtail has
         # neither: only the IP filter admits the monitoring host).
         for port in EXPORTER_PORTS[:2]:
@@ -199,32 +199,32 @@ def test_faults_fire_their_alerts_and_resolve(host, cluster_ca, webhook):
         "PartitionDefaultHasRows": {"parent": "payments.transaction"},
         "LoginFailureBurst": {"instance": f"{NODES[leader]}:{EXPORTER_PORTS[2]}"},
     }
+    started = {}  # when each fault was in place
     docker("stop", standby)
-    stopped = time.monotonic()
+    started["PostgresMemberDown"] = first = time.monotonic()
     subprocess.run(["iptables", "-I", *rule], check=True)
     planted = False
     try:
         plant_default_partition_row(host, "monitoring_probe")
         planted = True
+        started["PartitionDefaultHasRows"] = time.monotonic()
         for _ in range(20):
             with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
                 connect(NODES[leader], LoginRole("m_reader", "not-the-password"), cluster_ca, dbname="payments")
-        # WAL to archive: archive_timeout (5 s) switches segments while there is activity.
+        started["LoginFailureBurst"] = time.monotonic()
+        # WAL to archive: the archiver tries (and fails) at each segment switch.
         for _ in range(3):
             in_container(leader, "runuser -u postgres -- psql -XAtq -c 'SELECT pg_switch_wal(), txid_current()'")
+        started["WalArchivingFailing"] = time.monotonic()
         fired = {}
         for alert, labels in expected.items():
-            fired[alert] = wait_until(
-                lambda a=alert, lb=labels: notified(webhook, a, "firing", stopped, **lb),
+            at = wait_until(
+                lambda a=alert, lb=labels: notified(webhook, a, "firing", first, **lb),
                 arrival_bound(alert) + 60, f"{alert} at the webhook",
-            ) - stopped  # fmt: skip
-        print({a: round(s) for a, s in fired.items()})
-        assert fired["PostgresMemberDown"] <= arrival_bound("PostgresMemberDown")
-        assert fired["PartitionDefaultHasRows"] <= arrival_bound("PartitionDefaultHasRows")
-        assert fired["LoginFailureBurst"] <= arrival_bound("LoginFailureBurst")
-        # Archiving fails at the first segment switch after the cut: within
-        # archive_timeout of it, then the rule's bound.
-        assert fired["WalArchivingFailing"] <= arrival_bound("WalArchivingFailing") + 5 + INTERVAL
+            )  # fmt: skip
+            fired[alert] = round(at - started[alert], 1)
+        print("seconds from fault to webhook:", fired)
+        assert all(fired[a] <= arrival_bound(a) for a in expected), {a: arrival_bound(a) for a in expected}
     finally:
         subprocess.run(["iptables", "-D", *rule], check=True)
         if planted:
