@@ -100,15 +100,15 @@ def notified(received, alert: str, status: str, since: float, **labels) -> float
 
 
 def test_every_target_is_up():
-    """Four jobs (PostgreSQL exporter, node exporter, failed logins, Patroni) on every member."""
+    """Five jobs (the PostgreSQL and node exporters, failed logins, Patroni, etcd) on every member."""
 
     def targets():
         active = prometheus("/api/v1/targets?state=active")["activeTargets"]
-        return active if len(active) == 4 * len(NODES) and all(t["health"] == "up" for t in active) else None
+        return active if len(active) == 5 * len(NODES) and all(t["health"] == "up" for t in active) else None
 
     active = wait_until(targets, 60, "every target up", interval=INTERVAL)
     assert {(t["labels"]["job"], t["labels"]["member"]) for t in active} == {
-        (job, member) for job in ("postgres", "node", "logins", "patroni") for member in NODES
+        (job, member) for job in ("postgres", "node", "logins", "patroni", "etcd") for member in NODES
     }
 
 
@@ -122,7 +122,7 @@ def monitor_fetch(url: str, login: bool) -> tuple[int, str]:
     """GET from the monitoring host, verifying TLS with the cluster CA it holds."""
     script = (
         "import base64, ssl, sys, urllib.error, urllib.request\n"
-        "ctx = ssl.create_default_context(cafile='/etc/pgops/monitoring/ca.crt')\n"
+        "ctx = ssl.create_default_context(cafile='/etc/pgops/monitoring/tls/ca.crt')\n"
         "req = urllib.request.Request(sys.argv[1])\n"
         "if sys.argv[2] == 'yes':\n"
         "    token = base64.b64encode(('prometheus:' + sys.argv[3]).encode()).decode()\n"
@@ -138,6 +138,24 @@ def monitor_fetch(url: str, login: bool) -> tuple[int, str]:
     return int(status), body
 
 
+def test_etcd_metrics_need_a_certificate_from_the_cluster_ca():
+    """etcd's metrics listener asks for a client certificate, as its client port does."""
+    for address in NODES.values():
+        script = (
+            "import ssl, sys, urllib.request\n"
+            "tls = '/etc/pgops/monitoring/tls/'\n"
+            "ctx = ssl.create_default_context(cafile=tls + 'ca.crt')\n"
+            "if sys.argv[2] == 'yes':\n"
+            "    ctx.load_cert_chain(tls + 'prometheus.crt', tls + 'prometheus.key')\n"
+            "try:\n"
+            "    urllib.request.urlopen(sys.argv[1], context=ctx, timeout=10); print('served')\n"
+            "except Exception as e: print('refused', type(e).__name__)\n"
+        )
+        url = f"https://{address}:2381/metrics"
+        assert docker("exec", MONITOR, "python3", "-c", script, url, "no").stdout.startswith("refused")
+        assert docker("exec", MONITOR, "python3", "-c", script, url, "yes").stdout.startswith("served")
+
+
 def test_exporters_answer_the_monitoring_host_only():
     for address in NODES.values():
         for port in EXPORTER_PORTS:
@@ -148,7 +166,8 @@ def test_exporters_answer_the_monitoring_host_only():
         # neither: only the IP filter admits the monitoring host).
         for port in EXPORTER_PORTS[:2]:
             assert monitor_fetch(f"https://{address}:{port}/metrics", login=False)[0] == 401
-        assert monitor_fetch(f"http://{address}:{EXPORTER_PORTS[2]}/metrics", login=False)[0] == 200
+        for port in EXPORTER_PORTS[2:]:
+            assert monitor_fetch(f"http://{address}:{port}/metrics", login=False)[0] == 200
 
 
 def secrets_of_the_scenario():
@@ -174,7 +193,7 @@ def test_metrics_expose_no_password_key_or_pii():
     assert len(secrets) > 10  # the walk found them
     for address in NODES.values():
         for port in EXPORTER_PORTS:
-            scheme = "https" if port != EXPORTER_PORTS[2] else "http"
+            scheme = "https" if port in EXPORTER_PORTS[:2] else "http"
             status, body = monitor_fetch(f"{scheme}://{address}:{port}/metrics", login=True)
             assert status == 200
             leaked = [s for s in secrets if s in body]
