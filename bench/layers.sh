@@ -99,15 +99,8 @@ audit() {  # off | on: the audit drop-in on the tuned server (logging_collector 
   docker exec "$host" pg_ctlcluster "$version" tuned restart
 }
 
-settle() {  # waits (at most 3 min) until the lab has archived its WAL and its standbys have replayed it
-  local i
-  for ((i = 0; i < 180; i++)); do
-    [[ $(psql_ -c "SELECT (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')
-                        + (SELECT count(*) FROM pg_stat_replication WHERE replay_lsn < pg_current_wal_lsn())") == 0 ]] && return
-    sleep 1
-  done
-  echo "the lab did not settle within 3 minutes (archiving or replay behind); measuring anyway"
-}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 run() {  # layer round
   local layer=$1 n=$2 port=5432
@@ -117,7 +110,7 @@ run() {  # layer round
     5-pgbouncer) port=6432 ;;
     6-haproxy) port=5000 ;;
   esac
-  settle
+  settle "$host"
   BENCH_HOST=127.0.0.1 BENCH_PORT=$port BENCH_SSLMODE=require DURATION=$warmup \
     LABEL=warm OUT="$out/warmup" bench/payment_workload.sh "$host" >/dev/null
   BENCH_HOST=127.0.0.1 BENCH_PORT=$port BENCH_SSLMODE=require \
