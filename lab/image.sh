@@ -55,9 +55,9 @@ fi
 
 # The package image.
 # What decides the packages: the roles' install tasks and package lists, the
-# Patroni pin. A stale image is only slower (a converge installs what it
+# Patroni pin, and this script. A stale image is only slower (a converge installs what it
 # lacks), never wrong.
-inputs=$(ls roles/*/tasks/install.yml roles/*/vars/main.yml roles/patroni/defaults/main.yml lab/image-inventory.yml \
+inputs=$(ls roles/*/tasks/install.yml roles/*/vars/main.yml roles/patroni/defaults/main.yml lab/image-inventory.yml lab/image.sh \
   | sort)
 hash=$( (echo "$image"; cat $inputs) | sha256sum | cut -c1-12)
 packages=pgops-lab/bookworm-packages:$hash
@@ -80,6 +80,11 @@ else
     >/var/tmp/pgops-image-build.log 2>&1 || { tail -40 /var/tmp/pgops-image-build.log; exit 1; }
   # Services the packages started with their defaults are the roles' to
   # configure; the package lists stay, so converges do not fetch them again.
+  # Every host of both groups starts from this image: the monitoring
+  # services stay off until a role enables them where they belong (no
+  # Prometheus on a database member, no open exporter before its filter).
+  docker exec pgops-image-build systemctl disable --now prometheus prometheus-alertmanager \
+    prometheus-node-exporter prometheus-postgres-exporter mtail
   docker exec pgops-image-build apt-get clean
   docker stop pgops-image-build >/dev/null
   docker commit --change 'CMD ["/sbin/init"]' --change 'ENV container=docker' pgops-image-build "$packages" >/dev/null
