@@ -10,6 +10,11 @@ per line: {"step": "molecule cluster", "action": "converge", "seconds": 312.4,
 "ok": true}; the whole step has action "" and its start and end (epoch
 seconds). Steps may run side by side (`make molecule` runs the scenarios in
 parallel), so the total is the wall clock from the first start to the last end.
+
+A failed step also keeps the lines that say what failed (pytest's FAILED and
+ERROR summary lines and its first assertion lines, Ansible's "fatal:" lines),
+and the report repeats them under the table: CI shows the end of the output,
+and a background scenario's log is printed after the streamed one.
 """
 
 from __future__ import annotations
@@ -55,8 +60,24 @@ class ActionClock:
             )
 
 
+class FailureLines:
+    """Keeps the lines of a run's output that name what failed, bounded."""
+
+    PATTERN = re.compile(r"^((FAILED|ERROR) \S+::|E {3}|fatal: \[|=+ .*\b(failed|errors?)\b.* in [0-9.]+s)")
+    BOX = re.compile(r"^\s*│? ?")  # Molecule frames Ansible's output: "  │ fatal: [...]"
+    LIMIT, WIDTH = 60, 300
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def feed(self, line: str) -> None:
+        text = self.BOX.sub("", ANSI.sub("", line).rstrip(), count=1)
+        if len(self.lines) < self.LIMIT and self.PATTERN.match(text):
+            self.lines.append(text if len(text) <= self.WIDTH else text[: self.WIDTH] + " ...")
+
+
 def run(name: str, command: list[str]) -> int:
-    clock = ActionClock()
+    clock, failures = ActionClock(), FailureLines()
     started, wall_start = time.monotonic(), time.time()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     assert proc.stdout is not None
@@ -64,11 +85,13 @@ def run(name: str, command: list[str]) -> int:
         sys.stdout.write(line)
         sys.stdout.flush()
         clock.feed(line)
+        failures.feed(line)
     rc = proc.wait()
     records = [{"step": name, **r} for r in clock.records]
     records.append(
         {"step": name, "action": "", "seconds": round(time.monotonic() - started, 1), "ok": rc == 0,
          "start": round(wall_start, 1), "end": round(time.time(), 1)}
+        | ({"failures": failures.lines} if rc != 0 and failures.lines else {})
     )  # fmt: skip
     path = steps_file()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +123,9 @@ def report(records: list[dict]) -> str:
                 f"{'ok' if a['ok'] else 'FAILED'} |"
             )
     lines.append(f"| **{label}** | {total:.1f} | {minutes(total)} | |")
+    for r in steps:
+        if r.get("failures"):
+            lines += ["", f"== what failed in {r['step']}", *r["failures"]]
     return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
 """pgops.steps: Molecule's action lines become timings, and the report's
 total is the wall clock when steps ran side by side."""
 
+import json
+
 from pgops import steps
 
 
@@ -45,3 +47,27 @@ def test_run_records_the_step_and_its_exit_code(tmp_path, monkeypatch):
     assert steps.run("fails", ["sh", "-c", "echo 'INFO     x ➜ create: Executing'; exit 3"]) == 3
     (record,) = [line for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
     assert '"ok": false' in record and '"start"' in record and '"end"' in record
+
+
+def test_a_failed_step_repeats_what_failed_under_the_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGOPS_STEPS_FILE", str(tmp_path / "steps.jsonl"))
+    out = [
+        "tests/test_ha.py::test_failover PASSED",
+        "E   AssertionError: no leader after 60 s",
+        '  \x1b[2m│\x1b[0m fatal: [pg1]: FAILED! => {"msg": "boom"}',
+        "FAILED tests/test_ha.py::test_failover - AssertionError: no leader",
+        "===== 1 failed, 452 passed in 1500.00s (0:25:00) =====",
+    ]
+    script = "; ".join(f"printf '%s\\n' '{line}'" for line in out) + "; exit 1"
+    assert steps.run("molecule cluster", ["sh", "-c", script]) == 1
+    assert steps.run("unit", ["sh", "-c", "echo 'FAILED x.py::y'"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    table = steps.report(records)
+    tail = table.split("== what failed in molecule cluster\n", 1)[1].splitlines()
+    assert tail == [
+        "E   AssertionError: no leader after 60 s",
+        'fatal: [pg1]: FAILED! => {"msg": "boom"}',
+        "FAILED tests/test_ha.py::test_failover - AssertionError: no leader",
+        "===== 1 failed, 452 passed in 1500.00s (0:25:00) =====",
+    ]
+    assert "what failed in unit" not in table  # a step that passed repeats nothing
