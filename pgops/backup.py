@@ -9,7 +9,9 @@ tests; the S3 and PostgreSQL parts use boto3 and psycopg from Debian.
     pgops-backup list                  the manifests, newest first
     pgops-backup prune [--now ISO]     apply the retention policy only
 
-A run that fails exits non-zero with one log line and deletes nothing.
+A run that fails exits 1 with one log line and deletes nothing; on a standby
+`run` exits 75, "not this host's turn" (the timer treats it as a success that
+records no backup).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 TIERS = ("daily", "weekly", "monthly")
+NOT_MY_TURN = 75  # EX_TEMPFAIL; barman-cloud uses 1-4 for its own errors
 
 
 @dataclass(frozen=True)
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                     m = run_backup(cfg, now)
                 except NotPrimary as e:
                     print(f"pgops-backup: skipped: {e}")
-                    return 0
+                    return NOT_MY_TURN
             print(f"pgops-backup: backup {m.id} ok: {m.size} bytes in {time.monotonic() - started:.1f} s, "
                   f"tiers {','.join(m.tiers)}, sha256 {m.sha256}")  # fmt: skip
         elif args.command == "prune":

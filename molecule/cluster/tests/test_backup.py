@@ -210,4 +210,12 @@ def test_restore_drill_passes_then_fails_on_a_corrupted_dump(host, s3):
     assert verify.rc != 0 and "is corrupt" in verify.stderr
     bad = run_playbook("playbooks/restore_drill.yml", {"restore_drill_host": host.backend.host})
     assert bad.returncode != 0 and "is corrupt" in bad.stdout
+    # Each outcome has its own metric file (node exporter): the failure did
+    # not erase the last success.
+    recorded = {
+        outcome: host.file(f"/var/lib/prometheus/node-exporter/pgops-restore-drill-{outcome}.prom").content_string
+        for outcome in ("success", "failure")
+    }
+    assert "pgops_restore_drill_last_success_timestamp_seconds " in recorded["success"]
+    assert "pgops_restore_drill_last_failure_timestamp_seconds " in recorded["failure"]
     assert host.run("pg_lsclusters -h").stdout.count("drill") == 0  # the scratch cluster is gone either way
