@@ -38,7 +38,9 @@ from pgops.testing import (
 MONITOR = "cluster-monitor"
 PROMETHEUS = "http://172.29.62.20:9090"
 WEBHOOK = ("172.29.62.1", 9095)  # molecule.yml monitoring_webhook_url
-EXPORTER_PORTS = (9187, 9100, 3903)  # the exporters role's defaults (PostgreSQL, node, mtail)
+# The exporters role's defaults: PostgreSQL and node (TLS, login), mtail and
+# PgBouncer's exporter (neither: the IP filter only).
+EXPORTER_PORTS = (9187, 9100, 3903, 9127)
 SCENARIO = yaml.safe_load((Path(__file__).resolve().parents[1] / "molecule.yml").read_text())
 INTERVAL = 5  # molecule.yml monitoring_scrape_interval (scrapes and rule evaluations)
 GROUP_WAIT = 10  # the role's monitoring_group_wait
@@ -103,16 +105,19 @@ def notified(received, alert: str, status: str, since: float, **labels) -> float
 
 
 def test_every_target_is_up():
-    """Five jobs (the PostgreSQL and node exporters, failed logins, Patroni, etcd) on every member."""
+    """Six jobs (the PostgreSQL, node and PgBouncer exporters, failed logins, Patroni, etcd) on every member."""
 
     def targets():
         active = prometheus("/api/v1/targets?state=active")["activeTargets"]
-        return active if len(active) == 5 * len(NODES) and all(t["health"] == "up" for t in active) else None
+        return active if len(active) == 6 * len(NODES) and all(t["health"] == "up" for t in active) else None
 
     active = wait_until(targets, 60, "every target up", interval=INTERVAL)
     assert {(t["labels"]["job"], t["labels"]["member"]) for t in active} == {
-        (job, member) for job in ("postgres", "node", "logins", "patroni", "etcd") for member in NODES
+        (job, member) for job in ("postgres", "node", "logins", "pgbouncer", "patroni", "etcd") for member in NODES
     }
+    # Every PgBouncer exporter reads its console (not only answers).
+    consoles = prometheus("/api/v1/query?query=pgbouncer_up")["result"]
+    assert sorted((r["metric"]["member"], r["value"][1]) for r in consoles) == [(m, "1") for m in sorted(NODES)]
 
 
 def test_every_rule_is_loaded_with_its_runbook():
@@ -165,8 +170,9 @@ def test_exporters_answer_the_monitoring_host_only():
             # From the controller (not in exporters_allowed_networks): dropped.
             with pytest.raises(OSError):
                 socket.create_connection((address, port), timeout=1).close()
-        # From the monitoring host: TLS, and a login is required (mtail has
-        # neither: only the IP filter admits the monitoring host).
+        # From the monitoring host: TLS, and a login is required (mtail and
+        # PgBouncer's exporter have neither: only the IP filter admits the
+        # monitoring host).
         for port in EXPORTER_PORTS[:2]:
             assert monitor_fetch(f"https://{address}:{port}/metrics", login=False)[0] == 401
         for port in EXPORTER_PORTS[2:]:
@@ -203,8 +209,35 @@ def test_metrics_expose_no_password_key_or_pii():
             assert not leaked, f"{address}:{port} exposes {len(leaked)} secret(s)"
             assert "PRIVATE KEY" not in body
             assert "@example.test" not in body  # the customers' e-mail addresses
-    _, body = monitor_fetch(f"https://{next(iter(NODES.values()))}:9187/metrics", login=True)
+    first = next(iter(NODES.values()))
+    _, body = monitor_fetch(f"https://{first}:9187/metrics", login=True)
     assert "pgops_partition_premade{" in body and "pgops_archiver_failing" in body
+    # PgBouncer's exporter read the console (its certificate login worked)
+    # and reports the application's pool.
+    _, body = monitor_fetch(f"http://{first}:9127/metrics", login=True)
+    assert "\npgbouncer_up 1.0" in body
+    assert 'pgbouncer_databases_database_pool_size{backend_database="payments",database="payments"}' in body
+
+
+def test_backups_and_drills_report_their_outcome():
+    """The jobs record each run for the node exporter: the earlier suites
+    took both kinds of backup through their services (Backup now) and ran
+    restore drills that passed and one that failed (a corrupted dump), and
+    the last one passed, so neither backup nor drill alert is pending."""
+    since = time.time() - 3600
+
+    def values(metric: str) -> dict:
+        result = prometheus(f"/api/v1/query?query={metric}")["result"]
+        return {r["metric"].get("kind", ""): float(r["value"][1]) for r in result}
+
+    backups = values("max+by+(kind)+(pgops_backup_last_success_timestamp_seconds)")
+    assert set(backups) == {"logical", "base"} and min(backups.values()) > since, backups
+    assert values("max(pgops_backup_max_age_seconds)")[""] == 26 * 3600
+    passed = values("max(pgops_restore_drill_last_success_timestamp_seconds)")[""]
+    failed = values("max(pgops_restore_drill_last_failure_timestamp_seconds)")[""]
+    assert since < failed < passed
+    pending = {a["labels"]["alertname"] for a in prometheus("/api/v1/alerts")["alerts"]}
+    assert not pending & {"BackupTooOld", "RestoreDrillFailed", "RestoreDrillNotRun"}, pending
 
 
 def test_faults_fire_their_alerts_and_resolve(host, cluster_ca, webhook):
