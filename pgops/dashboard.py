@@ -62,6 +62,16 @@ PANELS = [
         "s", "seconds", "{{member}}",
     ),
     Panel(
+        "Age of the last good backup",
+        "time() - max by (kind) (pgops_backup_last_success_timestamp_seconds)",
+        "s", "seconds", "{{kind}}",
+    ),
+    Panel(
+        "Clients served by PgBouncer (payments)",
+        'sum by (member) (pgbouncer_pools_client_active_connections{database="payments"})',
+        "short", "clients", "{{member}}",
+    ),
+    Panel(
         "Connections by state",
         'sum by (state) (pgops_connections_count{usename!=""})',
         "short", "connections", "{{state}}",
