@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What monitoring costs the payment workload on the database hosts: the lab
 # as deployed, every exporter on every member (PostgreSQL, node, mtail over
-# the audit log) scraped by Prometheus, against the same lab with the
+# the audit log, PgBouncer's) scraped by Prometheus, against the same lab with the
 # exporters stopped. Prometheus keeps running in both (in production it is on
 # another host; here its scrapes of stopped exporters fail at once). Also
 # reports the CPU the exporters' processes used during the "on" runs, as
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 export CLIENTS=${CLIENTS:-8} SCALE=${SCALE:-1}
 duration=${DURATION:-40} warmup=${WARMUP:-5} rounds=${ROUNDS:-2}
 out=bench/results/monitoring
-members=(pg-primary pg-standby pg-standby2) exporters="prometheus-postgres-exporter prometheus-node-exporter mtail"
+members=(pg-primary pg-standby pg-standby2) exporters="prometheus-postgres-exporter prometheus-node-exporter mtail pgops-pgbouncer-exporter"
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.cpu_ms
 # shellcheck source=bench/lib.sh

@@ -69,10 +69,18 @@ class FailureLines:
 
     def __init__(self):
         self.lines: list[str] = []
+        self.kept_last = False  # the previous line was kept: a wrapped one continues it
 
     def feed(self, line: str) -> None:
         text = self.BOX.sub("", ANSI.sub("", line).rstrip(), count=1)
-        if len(self.lines) < self.LIMIT and self.PATTERN.match(text):
+        if self.kept_last and text.startswith("  ") and text.strip():
+            # Molecule's frame wraps long lines; the rest is indented.
+            last, rest = self.lines[-1], text.strip()
+            joined = f"{last} {rest}" if last in ("FAILED", "ERROR") or last.endswith("-") else last + rest
+            self.lines[-1] = joined if len(joined) <= self.WIDTH else joined[: self.WIDTH] + " ..."
+            return
+        self.kept_last = len(self.lines) < self.LIMIT and bool(self.PATTERN.match(text) or text in ("FAILED", "ERROR"))
+        if self.kept_last:
             self.lines.append(text if len(text) <= self.WIDTH else text[: self.WIDTH] + " ...")
 
 

@@ -56,6 +56,13 @@ def test_a_failed_step_repeats_what_failed_under_the_table(tmp_path, monkeypatch
         "E   AssertionError: no leader after 60 s",
         '  \x1b[2m│\x1b[0m fatal: [pg1]: FAILED! => {"msg": "boom"}',
         "FAILED tests/test_ha.py::test_failover - AssertionError: no leader",
+        # Molecule's frame wraps long lines, and pytest's summary with them.
+        "  \x1b[2m│\x1b[0m FAILED",
+        "  \x1b[2m│\x1b[0m   tests/test_pooler.py::test_read_write_port_reaches_the_primary_and_read_on",
+        "  \x1b[2m│\x1b[0m   ly_a_replica[cluster2]",
+        "  │ FAILED tests/test_ha.py::test_partition -",
+        "  │   AssertionErro...",
+        "  │ tests/test_ha.py .F",
         "===== 1 failed, 452 passed in 1500.00s (0:25:00) =====",
     ]
     script = "; ".join(f"printf '%s\\n' '{line}'" for line in out) + "; exit 1"
@@ -68,6 +75,8 @@ def test_a_failed_step_repeats_what_failed_under_the_table(tmp_path, monkeypatch
         "E   AssertionError: no leader after 60 s",
         'fatal: [pg1]: FAILED! => {"msg": "boom"}',
         "FAILED tests/test_ha.py::test_failover - AssertionError: no leader",
+        "FAILED tests/test_pooler.py::test_read_write_port_reaches_the_primary_and_read_only_a_replica[cluster2]",
+        "FAILED tests/test_ha.py::test_partition - AssertionErro...",
         "===== 1 failed, 452 passed in 1500.00s (0:25:00) =====",
     ]
     assert "what failed in unit" not in table  # a step that passed repeats nothing
