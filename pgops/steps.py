@@ -110,7 +110,8 @@ def run(name: str, command: list[str]) -> int:
 
 
 def minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}"
+    whole = round(seconds)  # 1559.9 s is 26:00, not 25:60
+    return f"{whole // 60}:{whole % 60:02d}"
 
 
 def report(records: list[dict]) -> str:

@@ -80,3 +80,7 @@ def test_a_failed_step_repeats_what_failed_under_the_table(tmp_path, monkeypatch
         "===== 1 failed, 452 passed in 1500.00s (0:25:00) =====",
     ]
     assert "what failed in unit" not in table  # a step that passed repeats nothing
+
+
+def test_minutes_round_to_the_second():
+    assert [steps.minutes(s) for s in (1559.9, 59.5, 0.4, 2124.2)] == ["26:00", "1:00", "0:00", "35:24"]
