@@ -34,7 +34,9 @@ from pgops.testing import (
 # The members and their addresses (molecule.yml).
 NODES = {"cluster1": "172.29.62.10", "cluster2": "172.29.62.11", "cluster3": "172.29.62.12"}
 NETWORK = "pgops-molecule-cluster"
-S3_ENDPOINT = "http://172.29.62.1:9001"
+S3_ENDPOINT = "https://172.29.62.1:9001"
+# The lab-only CA lab/s3.sh signed the endpoint's certificate with.
+S3_CA = str(Path(__file__).resolve().parents[3] / "lab/.state/s3-ca.crt")
 
 # One login per group (molecule.yml access_users), and one in no group.
 USERS = {
@@ -137,6 +139,7 @@ def s3():
         region_name="us-east-1",
         aws_access_key_id="molecule-only-access-key",
         aws_secret_access_key="molecule-only-secret-key",
+        verify=S3_CA,
     )
 
 

@@ -6,6 +6,9 @@ import datetime as dt
 import json
 import subprocess
 import time
+from pathlib import Path
+
+from conftest import S3_CA, S3_ENDPOINT
 
 from pgops.backup import Manifest, backup_id, plan_retention, tiers_for
 from pgops.testing import host_address, psql, recap_changed, run_playbook
@@ -55,6 +58,23 @@ def test_bucket_is_private_encrypted_and_versioned(host, s3):
     assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     block = s3.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"]
     assert all(block.values())
+
+
+def test_the_endpoint_is_reached_over_verified_tls(host):
+    """Keys and backups travel over HTTPS only, and the endpoint's certificate
+    is checked: against the lab CA the role installed, it is accepted; against
+    the system's CAs alone (which never signed it), every call is refused."""
+    assert S3_ENDPOINT.startswith("https://")
+    aws_config = host.file(f"{host.user('postgres').home}/.aws/config")
+    assert "ca_bundle = /etc/pgops/s3-ca.crt" in aws_config.content_string
+    assert host.file("/etc/pgops/s3-ca.crt").content_string == Path(S3_CA).read_text()
+    assert tool(host, "list").rc == 0
+    other_cas = host.run(
+        "AWS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt runuser -u postgres --preserve-environment -- "
+        "/usr/local/sbin/pgops-backup --config /etc/pgops/backup.json list"
+    )
+    assert other_cas.rc != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in other_cas.stderr or "certificate verify failed" in other_cas.stderr
 
 
 def test_nightly_job_uploads_a_verified_dump(host, s3):
