@@ -21,7 +21,9 @@
 # unmeasured one (WARMUP seconds) on the same target. The layers run in the
 # order 1..6 then 6..1 (drift cancels out), ROUNDS times; the table gives
 # each layer's median and its ratio to layer 1.
+# LAYERS picks some of them (in that order), HISTORY as bench/payment_workload.sh.
 #   bench/layers.sh ; env: SCALE=10 CLIENTS=8 DURATION=20 WARMUP=5 ROUNDS=1
+#                          LAYERS="1-stock 2-tuned" HISTORY=0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -31,6 +33,11 @@ mkdir -p "$out"
 rm -f "$out"/*.json
 export SCALE=${SCALE:-10} CLIENTS=${CLIENTS:-8} DURATION=${DURATION:-20}
 rounds=${ROUNDS:-1} warmup=${WARMUP:-5}
+all=(1-stock 2-tuned 3-audit 4-sync 5-pgbouncer 6-haproxy)
+read -r -a layers <<< "${LAYERS:-${all[*]}}"
+for layer in "${layers[@]}"; do
+  [[ " ${all[*]} " == *" $layer "* ]] || { echo "LAYERS: unknown layer $layer (known: ${all[*]})"; exit 2; }
+done
 psql_() { docker exec -i "$host" runuser -u postgres -- psql -XAtq "$@"; }
 
 # The lab's primary must be the leader (the layers 4-6 run against it).
@@ -75,7 +82,9 @@ docker exec "$host" sh -c "runuser -u postgres -- pg_dumpall -p 5432 --globals-o
   runuser -u postgres -- pg_dump -p 5432 -Fc payments | runuser -u postgres -- pg_restore -p 5499 --create -d postgres >/dev/null 2>&1" || true
 copied=$(psql_ -p 5499 -d payments -c "SELECT count(*) FROM payments.transaction")
 (( copied > 0 )) || { echo "the stock server has no copy of the payments data"; exit 1; }
-docker exec "$host" runuser -u postgres -- vacuumdb -q -p 5499 --analyze payments  # hint bits and visibility map set once, for both copies
+# Hint bits and visibility map set once, for both copies; no parallel workers
+# (their shared memory does not fit the container's 64 MB /dev/shm).
+docker exec "$host" runuser -u postgres -- vacuumdb -q -p 5499 --parallel=0 --analyze payments
 # The tuned server starts from the very same files.
 stock_data=$(psql_ -p 5499 -c "SHOW data_directory")
 docker exec "$host" pg_ctlcluster "$version" stock stop
@@ -126,7 +135,7 @@ for port in 5499 5498; do
 done
 n=0
 for ((r = 1; r <= rounds; r++)); do
-  for layer in 1-stock 2-tuned 3-audit 4-sync 5-pgbouncer 6-haproxy 6-haproxy 5-pgbouncer 4-sync 3-audit 2-tuned 1-stock; do
+  for layer in "${layers[@]}" $(printf '%s\n' "${layers[@]}" | tac); do
     want=$state
     [[ $layer == 2-tuned ]] && want=off
     [[ $layer == 3-audit ]] && want=on

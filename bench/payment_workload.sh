@@ -5,7 +5,8 @@
 # by default) over the local socket.
 # BENCH_HOST/BENCH_PORT connect pgbench over TCP instead (to the pooler, say;
 # BENCH_SSLMODE, BENCH_OPTIONS as PGSSLMODE and PGOPTIONS); BENCH_LATENCY=1
-# logs every transaction and adds p50/p99 latencies.
+# logs every transaction and adds p50/p99 latencies; HISTORY=N makes N % of
+# the iterations also open one past transaction (see bench/payment.pgbench).
 # Writes bench/results/payment.json and prints it.
 #   bench/payment_workload.sh [host] ; env: SCALE=1 CLIENTS=8 DURATION=30
 set -euo pipefail
@@ -28,7 +29,7 @@ fi
 # Sample rows have contiguous ids (one INSERT each); other rows may sit around them.
 read -r merchant_min merchants < <(psql_ -F ' ' -c "SELECT min(id), max(id) FROM payments.merchant WHERE name LIKE 'Sample merchant %'")
 read -r method_min methods < <(psql_ -F ' ' -c "SELECT min(id), max(id) FROM payments.customer_payment_method WHERE token LIKE 'tok\_sample\_%'")
-rows=$(psql_ -c "SELECT count(*) FROM payments.transaction")
+read -r rows tx_min tx_max < <(psql_ -F ' ' -c "SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM payments.transaction")
 
 docker exec -i "$host" sh -c 'cat > /var/tmp/payment.pgbench && chmod 644 /var/tmp/payment.pgbench' \
   < "${PGBENCH_FILE:-bench/payment.pgbench}"
@@ -44,6 +45,7 @@ docker exec -e PGPASSWORD="$password" -e PGSSLMODE="${BENCH_SSLMODE:-prefer}" -e
   "$host" runuser -u postgres -- sh -c 'ulimit -n 8192 && exec "$0" "$@"' "$bindir/pgbench" -n "${latency[@]}" \
   -h "${BENCH_HOST:-$socket}" -p "$bench_port" -U "$user" -c "$clients" -j 2 -T "$duration" \
   -D merchant_min="$merchant_min" -D merchants="$merchants" -D method_min="$method_min" -D methods="$methods" \
+  -D history="${HISTORY:-0}" -D tx_min="$tx_min" -D tx_max="$tx_max" \
   -f /var/tmp/payment.pgbench "$db" \
   >"$out/$label-pgbench.log" 2>&1 || { cat "$out/$label-pgbench.log"; exit 1; }
 
