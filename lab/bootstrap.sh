@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(docker.io debootstrap python3-venv make curl git ca-certificates openssl graphviz)
+packages=(docker.io debootstrap python3-venv make curl git ca-certificates openssl stunnel4 graphviz)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
