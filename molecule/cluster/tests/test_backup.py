@@ -4,11 +4,12 @@ point-in-time recovery, an S3 outage, a corrupted dump and the restore drill."""
 
 import datetime as dt
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
-from conftest import S3_CA, S3_ENDPOINT
+from conftest import S3_CA, S3_ENDPOINT, member
 
 from pgops.backup import Manifest, backup_id, plan_retention, tiers_for
 from pgops.testing import host_address, psql, recap_changed, run_playbook
@@ -165,35 +166,114 @@ def test_restore_never_replaces_an_existing_cluster_unasked(host):
         host.run(f"pg_dropcluster --stop {major(host)} occupied")
 
 
+def repo_info(host) -> dict:
+    """pgBackRest's view of the stanza (info --output=json), from a member."""
+    out = host.run("runuser -u postgres -- pgbackrest --stanza=payments --output=json info")
+    assert out.rc == 0, out.stderr
+    return json.loads(out.stdout)[0]
+
+
+def physical_backup(kind: str) -> str:
+    """A pgBackRest backup of KIND taken as its timer takes it, on the member
+    whose turn it is; returns that member's name."""
+    turn = member_whose_turn()
+    started = member(turn).run(f"systemctl start pgops-pgbackrest-{kind}.service")
+    assert started.rc == 0, member(turn).run(f"journalctl -u pgops-pgbackrest-{kind} -n 30 --no-pager").stdout
+    return turn
+
+
+def member_whose_turn() -> str:
+    out = member("cluster1").run("runuser -u postgres -- /usr/local/sbin/pgops-pgbackrest turn")
+    assert out.rc == 0, out.stderr
+    return out.stdout.strip()
+
+
+def wait_archived(host, timeout: float = 60) -> None:
+    """Switch WAL and wait until the segment is in the archive."""
+    segment = psql(host, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    psql(host, "SELECT pg_switch_wal()")
+    deadline = time.monotonic() + timeout
+    while psql(host, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < segment:
+        assert time.monotonic() < deadline, "WAL was not archived"
+        time.sleep(1)
+
+
+def test_full_diff_incr_and_retention(host):
+    """Full, differential and incremental backups, taken where Patroni says,
+    and expired by count: a new full retires the previous full with the
+    backups that depend on it (retention-full 1 here), a new differential the
+    previous differential (retention-diff 1)."""
+    labels = {}
+    for kind in ("full", "diff", "incr", "full"):
+        turn = physical_backup(kind)
+        assert member_whose_turn() == turn
+        labels.setdefault(kind, []).append(repo_info(host)["backup"][-1]["label"])
+    backups = repo_info(host)["backup"]
+    assert [b["type"] for b in backups] == ["full"] and backups[0]["label"] == labels["full"][-1]
+    for kind in ("diff", "diff"):
+        physical_backup(kind)
+    backups = repo_info(host)["backup"]
+    assert [b["type"] for b in backups] == ["full", "diff"]
+    assert backups[1]["reference"] == [backups[0]["label"]]
+    assert repo_info(host)["cipher"] == "aes-256-cbc"
+
+
+def test_backups_come_from_a_standby_while_the_primary_works(host):
+    """The member whose turn it is is a streaming standby; the backup it takes
+    while the payment workload runs on the primary reads the data files there
+    (backup-standby), and the primary keeps serving."""
+    turn = member_whose_turn()
+    assert turn != host.backend.host
+    workload = subprocess.Popen(  # 20 s of payments on the leader
+        ["bash", "bench/payment_workload.sh", host.backend.host],
+        env={**os.environ, "DURATION": "20", "CLIENTS": "4", "OUT": "/tmp/pgops-backup-workload"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(3)
+        assert physical_backup("full") == turn
+    finally:
+        out, _ = workload.communicate(timeout=120)
+    assert workload.returncode == 0, out[-2000:]
+    assert '"failed": 0' in out
+    log = member(turn).file("/var/log/pgbackrest/payments-backup.log").content_string
+    assert "backup-standby" in log and "wait for replay on the standby" in log
+
+
 def test_point_in_time_recovery(host):
-    assert host.run("systemctl start pgops-basebackup.service").rc == 0
+    physical_backup("full")
     psql(host, "CREATE TABLE pitr_marker (id int PRIMARY KEY); INSERT INTO pitr_marker SELECT generate_series(1, 3)")
     time.sleep(1.1)
     target = psql(host, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
     time.sleep(1.1)
     psql(host, "INSERT INTO pitr_marker SELECT generate_series(4, 6)")
+    psql(host, "SELECT pg_create_restore_point('pgops-test-six')")
     psql(host, "DROP TABLE pitr_marker")
-    segment = psql(host, "SELECT pg_walfile_name(pg_current_wal_lsn())")
-    psql(host, "SELECT pg_switch_wal()")
-    deadline = time.monotonic() + 60
-    while psql(host, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < segment:
-        assert time.monotonic() < deadline, "WAL was not archived"
-        time.sleep(1)
-    run = run_playbook(
-        "playbooks/restore.yml",
-        {"restore_host": host.backend.host, "restore_mode": "pitr", "restore_target_time": target,
-         "restore_cluster": "pitr", "restore_port": 5434},
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-3000:]
+    wait_archived(host)
     try:
+        restore_twice(host, target)
+    finally:
+        host.run(f"pg_dropcluster --stop {major(host)} pitr")
+
+
+def restore_twice(host, target):
+    """By time into a new copy, then by restore point in place (delta)."""
+    for request, expected in (
+        ({"restore_target_time": target}, "1,2,3"),
+        ({"restore_target_name": "pgops-test-six", "restore_force": True}, "1,2,3,4,5,6"),
+    ):
+        run = run_playbook(
+            "playbooks/restore.yml",
+            {"restore_host": host.backend.host, "restore_mode": "pitr", "restore_cluster": "pitr",
+             "restore_port": 5434, **request},
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:]
         rows = host.run("runuser -u postgres -- psql -XAtq -p 5434 -d postgres -c %s",
                         "SELECT string_agg(id::text, ',' ORDER BY id) FROM pitr_marker")  # fmt: skip
         assert rows.rc == 0, rows.stderr
-        assert rows.stdout.strip() == "1,2,3"
+        assert rows.stdout.strip() == expected
         archiving = host.run("runuser -u postgres -- psql -XAtq -p 5434 -c 'SHOW archive_mode'").stdout.strip()
         assert archiving == "off"
-    finally:
-        host.run(f"pg_dropcluster --stop {major(host)} pitr")
 
 
 def test_s3_outage_fails_clearly_and_deletes_nothing(host, s3):
@@ -214,6 +294,38 @@ def test_s3_outage_fails_clearly_and_deletes_nothing(host, s3):
     assert after == before
     again = tool(host, "run")
     assert again.rc == 0, again.stderr
+
+
+def test_archiving_through_an_s3_outage_fails_loudly_and_catches_up(host, s3):
+    """With the leader's path to S3 cut, archive-push fails (pg_stat_archiver
+    counts it, pgBackRest says why), WAL waits in pg_wal and the spool holds
+    only status files, nothing in the bucket is deleted; once S3 is back the
+    archive catches up with no gap, as pgbackrest check proves."""
+    before = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="pgops/")["Contents"]}
+    failed = int(psql(host, "SELECT failed_count FROM pg_stat_archiver"))
+    rule = ["INPUT", "-s", host_address(host), "-p", "tcp", "--dport", "9001", "-j", "REJECT",
+            "--reject-with", "tcp-reset"]  # fmt: skip
+    subprocess.run(["iptables", "-I", *rule], check=True)
+    try:
+        for _ in range(3):
+            psql(host, "CREATE TABLE IF NOT EXISTS outage_marker (id int); INSERT INTO outage_marker VALUES (1)")
+            psql(host, "SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 120
+        while int(psql(host, "SELECT failed_count FROM pg_stat_archiver")) == failed:
+            assert time.monotonic() < deadline, "archiving did not report a failure"
+            time.sleep(2)
+        ready = host.run(f"ls {psql(host, 'SHOW data_directory')}/pg_wal/archive_status").stdout.split()
+        assert any(name.endswith(".ready") for name in ready)
+        spool = host.run("du -sk /var/spool/pgbackrest").stdout.split()[0]
+        assert int(spool) < 1024, f"the spool holds {spool} kB: WAL copies, not status files"
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True)
+    psql(host, "DROP TABLE IF EXISTS outage_marker")
+    wait_archived(host, timeout=180)
+    after = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="pgops/")["Contents"]}
+    assert before <= after
+    check = host.run("runuser -u postgres -- pgbackrest --stanza=payments check")
+    assert check.rc == 0, check.stderr + check.stdout
 
 
 def test_restore_drill_passes_then_fails_on_a_corrupted_dump(host, s3):
