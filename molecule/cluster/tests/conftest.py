@@ -14,6 +14,7 @@ test_attacks.py)."""
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 
 import boto3
@@ -28,6 +29,7 @@ from pgops.testing import (
     create_payer,
     fetch_ca,
     patroni_leader,
+    psql,
     run_playbook,
 )
 
@@ -229,3 +231,35 @@ def project_vars():
         return yaml.safe_load((Path(__file__).resolve().parents[3] / f"roles/{role}/vars/main.yml").read_text())
 
     return load
+
+
+def repo_info(host) -> dict:
+    """pgBackRest's view of the stanza (info --output=json), from a member."""
+    out = host.run("runuser -u postgres -- pgbackrest --stanza=payments --output=json info")
+    assert out.rc == 0, out.stderr
+    return json.loads(out.stdout)[0]
+
+
+def physical_backup(kind: str) -> str:
+    """A pgBackRest backup of KIND taken as its timer takes it, on the member
+    whose turn it is; returns that member's name."""
+    turn = member_whose_turn()
+    started = member(turn).run(f"systemctl start pgops-pgbackrest-{kind}.service")
+    assert started.rc == 0, member(turn).run(f"journalctl -u pgops-pgbackrest-{kind} -n 30 --no-pager").stdout
+    return turn
+
+
+def member_whose_turn() -> str:
+    out = member("cluster1").run("runuser -u postgres -- /usr/local/sbin/pgops-pgbackrest turn")
+    assert out.rc == 0, out.stderr
+    return out.stdout.strip()
+
+
+def wait_archived(host, timeout: float = 60) -> None:
+    """Switch WAL and wait until the segment is in the archive."""
+    segment = psql(host, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    psql(host, "SELECT pg_switch_wal()")
+    deadline = time.monotonic() + timeout
+    while psql(host, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < segment:
+        assert time.monotonic() < deadline, "WAL was not archived"
+        time.sleep(1)

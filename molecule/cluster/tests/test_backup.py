@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import S3_CA, S3_ENDPOINT, member
+from conftest import S3_CA, S3_ENDPOINT, member, member_whose_turn, physical_backup, repo_info, wait_archived
 
 from pgops.backup import Manifest, backup_id, plan_retention, tiers_for
 from pgops.testing import host_address, psql, recap_changed, run_playbook
@@ -164,38 +164,6 @@ def test_restore_never_replaces_an_existing_cluster_unasked(host):
         assert host.run(f"pg_lsclusters {major(host)} occupied").rc == 0
     finally:
         host.run(f"pg_dropcluster --stop {major(host)} occupied")
-
-
-def repo_info(host) -> dict:
-    """pgBackRest's view of the stanza (info --output=json), from a member."""
-    out = host.run("runuser -u postgres -- pgbackrest --stanza=payments --output=json info")
-    assert out.rc == 0, out.stderr
-    return json.loads(out.stdout)[0]
-
-
-def physical_backup(kind: str) -> str:
-    """A pgBackRest backup of KIND taken as its timer takes it, on the member
-    whose turn it is; returns that member's name."""
-    turn = member_whose_turn()
-    started = member(turn).run(f"systemctl start pgops-pgbackrest-{kind}.service")
-    assert started.rc == 0, member(turn).run(f"journalctl -u pgops-pgbackrest-{kind} -n 30 --no-pager").stdout
-    return turn
-
-
-def member_whose_turn() -> str:
-    out = member("cluster1").run("runuser -u postgres -- /usr/local/sbin/pgops-pgbackrest turn")
-    assert out.rc == 0, out.stderr
-    return out.stdout.strip()
-
-
-def wait_archived(host, timeout: float = 60) -> None:
-    """Switch WAL and wait until the segment is in the archive."""
-    segment = psql(host, "SELECT pg_walfile_name(pg_current_wal_lsn())")
-    psql(host, "SELECT pg_switch_wal()")
-    deadline = time.monotonic() + timeout
-    while psql(host, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < segment:
-        assert time.monotonic() < deadline, "WAL was not archived"
-        time.sleep(1)
 
 
 def test_full_diff_incr_and_retention(host):
