@@ -310,6 +310,22 @@ def test_restore_drill_passes_then_fails_on_a_corrupted_dump(host, s3):
     assert verify.rc != 0 and "is corrupt" in verify.stderr
     bad = run_playbook("playbooks/restore_drill.yml", {"restore_drill_host": host.backend.host})
     assert bad.returncode != 0 and "is corrupt" in bad.stdout
+    s3.put_object(Bucket=BUCKET, Key=key, Body=original)
+    # One file of the newest physical backup, changed in the bucket: verify
+    # finds it (its report; 2.45 exits 0) and the drill fails on it.
+    label = repo_info(host)["backup"][-1]["label"]
+    prefix = f"pgops/payments/pgbackrest/backup/payments/{label}/pg_data/global/"
+    repo_key = next(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"])
+    repo_original = s3.get_object(Bucket=BUCKET, Key=repo_key)["Body"].read()
+    damaged = bytearray(repo_original)
+    damaged[len(damaged) // 2] ^= 0xFF
+    s3.put_object(Bucket=BUCKET, Key=repo_key, Body=bytes(damaged))
+    try:
+        broken = run_playbook("playbooks/restore_drill.yml", {"restore_drill_host": host.backend.host})
+        assert broken.returncode != 0
+        assert "Verify every backup and archived segment" in broken.stdout, broken.stdout[-3000:]
+    finally:
+        s3.put_object(Bucket=BUCKET, Key=repo_key, Body=repo_original)
     # Each outcome has its own metric file (node exporter): the failure did
     # not erase the last success.
     recorded = {
