@@ -241,8 +241,13 @@ def test_backups_and_drills_report_their_outcome():
         return {r["metric"].get("kind", ""): float(r["value"][1]) for r in result}
 
     backups = values("max+by+(kind)+(pgops_backup_last_success_timestamp_seconds)")
-    assert set(backups) == {"logical", "base"} and min(backups.values()) > since, backups
-    assert values("max(pgops_backup_max_age_seconds)")[""] == 26 * 3600
+    assert set(backups) == {"logical", "full", "diff", "incr"} and min(backups.values()) > since, backups
+    assert values("max+by+(kind)+(pgops_backup_max_age_seconds)") == {
+        "logical": 26 * 3600,
+        "full": 170 * 3600,
+        "diff": 50 * 3600,
+        "incr": 26 * 3600,
+    }
     passed = values("max(pgops_restore_drill_last_success_timestamp_seconds)")[""]
     failed = values("max(pgops_restore_drill_last_failure_timestamp_seconds)")[""]
     assert since < failed < passed

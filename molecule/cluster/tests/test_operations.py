@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import repo_info
 
 from pgops import runner
 from pgops.testing import plant_default_partition_row, psql, remove_default_partition_rows
@@ -72,25 +73,27 @@ def test_status_names_the_leader(host):
     assert re.search(rf"""["']?leader["']?: ["']?{host.backend.host}\b""", job.stdout), job.stdout[-3000:]
 
 
-def test_backup_now_uploads_a_dump_and_a_base_backup(host, s3):
+def test_backup_now_uploads_a_dump_and_a_physical_backup(host, s3):
     before_dumps = keys(s3, "pgops/payments/logical/manifests/")
-    before_base = {k for k in keys(s3, "pgops/payments/barman/") if k.endswith("backup.info")}
-    job = launch("Backup now", {"backup_now_kind": "both"})
+    job = launch("Backup now", {"backup_now_kind": "logical"})
     assert job.status == "successful", job.stdout[-3000:]
     status = json.loads(host.file("/var/lib/pgops/backup/last_success.json").content_string)
     assert keys(s3, "pgops/payments/logical/manifests/") - before_dumps == {
         f"pgops/payments/logical/manifests/{status['id']}.json"
     }
     assert f"last good logical backup {status['id']}" in job.stdout
-    after_base = {k for k in keys(s3, "pgops/payments/barman/") if k.endswith("backup.info")}
-    assert len(after_base - before_base) == 1
+    before = [b["label"] for b in repo_info(host)["backup"]]
+    job = launch("Backup now", {"backup_now_kind": "incr"})
+    assert job.status == "successful", job.stdout[-3000:]
+    after = repo_info(host)["backup"]
+    assert after[-1]["label"] not in before and after[-1]["type"] == "incr"
 
 
 def test_backup_now_refuses_an_unknown_kind_before_anything_runs(host):
     with pytest.raises(runner.LaunchError, match="not one of"):
         launch("Backup now", {"backup_now_kind": "incremental"})
     job = runner.run("playbooks/backup_now.yml", Path(os.environ["MOLECULE_INVENTORY_FILE"]), {"backup_now_kind": "x"})
-    assert job.status == "failed" and "backup_now_kind must be one of: logical, base, both" in job.stdout
+    assert job.status == "failed" and "backup_now_kind must be one of: logical, full, diff, incr" in job.stdout
     assert max(job.changed().values(), default=0) == 0
 
 
