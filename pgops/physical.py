@@ -9,6 +9,7 @@ standby streams.
 
     pgops-pgbackrest backup full|diff|incr    back up if it is this member's turn
     pgops-pgbackrest turn                     print the member whose turn it is
+    pgops-pgbackrest summary                  the repository in brief, as JSON
 
 Exit status: 0 done, 75 not this member's turn (nothing recorded), 1 failed.
 """
@@ -61,6 +62,32 @@ def whose_turn(members: list[dict]) -> str:
     raise TurnError("no streaming replica and no running leader: no backup can be taken")
 
 
+def summarize(info: list[dict]) -> dict:
+    """The repository in brief, from pgbackrest info --output=json: the last
+    good backup of each kind (stop time, label, size in the repository), the
+    archive's first and last segments, and the bytes the backups take in the
+    repository (their own files; WAL not included)."""
+    stanza = info[0] if info else {}
+    backups = [b for b in stanza.get("backup", []) if not b.get("error")]
+    last = {}
+    for b in sorted(backups, key=lambda b: b["timestamp"]["stop"]):
+        last[b["type"]] = {
+            "label": b["label"],
+            "stopped_at": b["timestamp"]["stop"],
+            "repository_bytes": b["info"]["repository"]["delta"],
+        }
+    archives = stanza.get("archive", [])
+    return {
+        "stanza": stanza.get("name", ""),
+        "status": stanza.get("status", {}).get("message", "no stanza"),
+        "last": last,
+        "backups": len(backups),
+        "archive_min": archives[-1].get("min") if archives else None,
+        "archive_max": archives[-1].get("max") if archives else None,
+        "repository_bytes": sum(b["info"]["repository"]["delta"] for b in backups),
+    }
+
+
 def patroni_get(cfg: Config, path: str) -> dict:
     context = ssl.create_default_context(cafile=cfg.ca_file)
     try:
@@ -78,12 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("backup")
     p.add_argument("kind", choices=KINDS)
     sub.add_parser("turn")
+    sub.add_parser("summary")
     args = parser.parse_args(argv)
     try:
         cfg = Config.load(args.config)
+        if args.command == "summary":
+            command = ["/usr/bin/pgbackrest", f"--stanza={cfg.stanza}", "--output=json", "info"]
+            info = subprocess.run(command, check=True, capture_output=True, text=True)
+            print(json.dumps(summarize(json.loads(info.stdout)), sort_keys=True))
+            return 0
         me = patroni_get(cfg, "/patroni")["patroni"]["name"]
         chosen = whose_turn(patroni_get(cfg, "/cluster")["members"])
-    except (TurnError, OSError, KeyError, ValueError) as e:
+    except (TurnError, OSError, KeyError, ValueError, subprocess.CalledProcessError) as e:
         print(f"pgops-pgbackrest: {args.command} FAILED: {e}", file=sys.stderr)
         return 1
     if args.command == "turn":

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pgops.physical import TurnError, whose_turn
+from pgops.physical import TurnError, summarize, whose_turn
 
 
 def member(name, role, state):
@@ -38,3 +38,34 @@ def test_no_leader_and_no_standby_is_an_error():
         whose_turn([member("pg-a", "replica", "stopped"), member("pg-b", "leader", "stopped")])
     with pytest.raises(TurnError):
         whose_turn([])
+
+
+def backup(label, kind, stop, size, error=False):
+    return {"label": label, "type": kind, "timestamp": {"start": stop - 10, "stop": stop}, "error": error,
+            "info": {"repository": {"delta": size, "size": size}}}  # fmt: skip
+
+
+def test_the_summary_has_the_last_good_backup_of_each_kind_and_the_repository_size():
+    info = [{
+        "name": "payments",
+        "status": {"code": 0, "message": "ok"},
+        "archive": [{"id": "15-1", "min": "000000010000000000000003", "max": "00000002000000000000000A"}],
+        "backup": [
+            backup("F1", "full", 100, 1000), backup("D1", "diff", 200, 50), backup("I1", "incr", 300, 5),
+            backup("D2", "diff", 400, 60), backup("I2", "incr", 500, 7, error=True),
+        ],
+    }]  # fmt: skip
+    summary = summarize(info)
+    assert summary["last"] == {
+        "full": {"label": "F1", "stopped_at": 100, "repository_bytes": 1000},
+        "diff": {"label": "D2", "stopped_at": 400, "repository_bytes": 60},
+        "incr": {"label": "I1", "stopped_at": 300, "repository_bytes": 5},
+    }
+    assert summary["backups"] == 4 and summary["repository_bytes"] == 1115
+    assert summary["archive_max"] == "00000002000000000000000A" and summary["status"] == "ok"
+
+
+def test_an_empty_repository_summarizes_to_nothing():
+    assert summarize([])["last"] == {} and summarize([])["status"] == "no stanza"
+    empty = summarize([{"name": "payments", "status": {"message": "no valid backups"}, "archive": [], "backup": []}])
+    assert empty["backups"] == 0 and empty["archive_max"] is None
