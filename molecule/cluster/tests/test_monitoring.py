@@ -11,9 +11,9 @@ one more when the scrape must time out, as on a stopped host), one
 evaluation interval until a rule evaluation does, and Alertmanager's
 group_wait, or its group_interval when an earlier test left a group of that
 alert behind (molecule.yml sets both). A failing archive command also takes
-its own time to fail: barman-cloud's S3 client (botocore, legacy retries)
-makes 5 attempts with backoff of up to 1 + 2 + 4 + 8 s before the archiver
-records the failure (measured: 2 s past the bound without this term).
+its own time to fail: pgBackRest's archive-push waits for its asynchronous
+archiver up to archive-timeout (backup_archive_push_timeout, 30 s in
+molecule.yml) before it reports the failure to PostgreSQL.
 
 Whatever happens, the fault test undoes its faults and waits for a healthy
 cluster whose archive has caught up before it asserts anything, so one late
@@ -62,7 +62,7 @@ def rule_for(alert: str) -> int:
     return int(text[:-1]) * {"s": 1, "m": 60, "h": 3600}[text[-1]]
 
 
-ARCHIVE_ATTEMPT = {"WalArchivingFailing": 1 + 2 + 4 + 8}  # botocore's legacy retry backoff
+ARCHIVE_ATTEMPT = {"WalArchivingFailing": 30}  # archive-push's wait for the asynchronous archiver
 
 
 def arrival_bound(alert: str) -> int:
