@@ -19,7 +19,7 @@ help:
 	@echo "make bench-payment  payment workload (pgbench) on the lab primary"
 	@echo "make bench-audit  cost of the audit settings on the payment workload"
 	@echo "make bench-failover  kill and partition trials under load, soak, switchover pause (TRIALS=10 SOAK=600)"
-	@echo "make bench-backup  backup and restore throughput (env SCALE)"
+	@echo "make bench-backup  pgBackRest full backup vs raw upload (A B B A), logical dump, PITR restore (env SCALE)"
 	@echo "make bench-security  payment workload before vs after the least-privilege API (A B B A)"
 	@echo "make bench-layers  cost of each layer: stock, tuning, audit, sync replication, PgBouncer, HAProxy (SCALE=10)"
 	@echo "make bench-clients  8 to 1024 clients, direct vs PgBouncer, p50/p99 latency (SCALE=10)"
@@ -101,6 +101,7 @@ bench-failover:
 	python bench/failover.py --trials $(TRIALS) --soak $(SOAK) --switchovers $(SWITCHOVERS)
 
 bench-backup:
+	@python -c 'import matplotlib' 2>/dev/null || pip install -q -r bench/requirements.txt
 	SCALE=$(SCALE) bench/backup.sh
 
 bench-security:
