@@ -150,7 +150,8 @@ def backup_table(result: dict) -> str:
     return "\n".join([
         "| What | MB of database per s (median) | Max | Runs | Ratio to raw upload |",
         "| --- | ---: | ---: | --- | ---: |",
-        f"| Raw upload (uncompressed tar, boto3) | {raw['median']} | {raw['max']} | {', '.join(map(str, raw['runs']))} | 1.0 |",
+        f"| Raw upload (uncompressed tar, boto3) | {raw['median']} | {raw['max']} | "
+        f"{', '.join(map(str, raw['runs']))} | 1.0 |",
         f"| pgBackRest full backup (zst, encrypted, from a standby) | {full['median']} | {full['max']} | "
         f"{', '.join(map(str, full['runs']))} | {result['full_backup_to_raw']} |",
         f"| Logical backup (pg_dump, upload, verify) | {result['logical_backup_mb_per_s']} | | | |",
