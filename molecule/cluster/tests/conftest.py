@@ -250,9 +250,14 @@ def physical_backup(kind: str) -> str:
 
 
 def member_whose_turn() -> str:
-    out = member("cluster1").run("runuser -u postgres -- /usr/local/sbin/pgops-pgbackrest turn")
-    assert out.rc == 0, out.stderr
-    return out.stdout.strip()
+    """What pgops-pgbackrest answers on the first member that answers."""
+    errors = []
+    for name in NODES:
+        out = member(name).run("runuser -u postgres -- /usr/local/sbin/pgops-pgbackrest turn")
+        if out.rc == 0:
+            return out.stdout.strip()
+        errors.append(f"{name}: {out.stderr.strip()}")
+    raise AssertionError(f"no member says whose turn it is: {errors}")
 
 
 def wait_archived(host, timeout: float = 60) -> None:
