@@ -263,6 +263,8 @@ def test_after_the_failover_the_new_leader_archives_backs_up_and_recovers_across
     psql(leader, f"CREATE TABLE failover_marker (tl int); INSERT INTO failover_marker VALUES ({timeline})")
     time.sleep(1.1)
     target = psql(leader, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
+    time.sleep(1.1)
+    psql(leader, "INSERT INTO failover_marker VALUES (-1)")  # recovery to a time stops at the next commit
     wait_archived(leader)
     time.sleep(1.1)
     physical_backup("incr")
