@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import S3_CA, S3_ENDPOINT, member, member_whose_turn, physical_backup, repo_info, wait_archived
+from conftest import S3_CA, S3_ENDPOINT, USERS, member, member_whose_turn, physical_backup, repo_info, wait_archived
 
 from pgops.backup import Manifest, backup_id, plan_retention, tiers_for
 from pgops.testing import host_address, psql, recap_changed, run_playbook
@@ -186,15 +186,18 @@ def test_full_diff_incr_and_retention(host):
     assert repo_info(host)["cipher"] == "aes-256-cbc"
 
 
-def test_backups_come_from_a_standby_while_the_primary_works(host):
+def test_backups_come_from_a_standby_while_the_primary_works(host, tmp_path):
     """The member whose turn it is is a streaming standby; the backup it takes
     while the payment workload runs on the primary reads the data files there
     (backup-standby), and the primary keeps serving."""
     turn = member_whose_turn()
     assert turn != host.backend.host
-    workload = subprocess.Popen(  # 20 s of payments on the leader
+    app = USERS["payments_app"]
+    workload = subprocess.Popen(  # 20 s of payments on the leader, as the application
         ["bash", "bench/payment_workload.sh", host.backend.host],
-        env={**os.environ, "DURATION": "20", "CLIENTS": "4", "OUT": "/tmp/pgops-backup-workload"},
+        cwd=Path(__file__).resolve().parents[3],
+        env={**os.environ, "DURATION": "20", "CLIENTS": "4", "OUT": str(tmp_path), "LABEL": "during-backup",
+             "BENCH_USER": app.name, "BENCH_PASSWORD": app.password},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
