@@ -328,13 +328,13 @@ def check_archiver(row):
 
 def check_repository(summary, max_age_hours, now):
     """The backup repository in brief (pgops-pgbackrest summary): the last
-    good backup of each kind and its age (older than allowed, or missing, is
-    high), and the repository's size."""
+    good backup of each kind and its age (older than allowed is high; a kind
+    not taken yet, as on a new cluster, is said), and the repository's size."""
     findings = []
     for kind, hours_allowed in sorted(max_age_hours.items()):
         last = summary.get("last", {}).get(kind)
         if not last:
-            findings.append(finding("high", "repository", kind, f"no good {kind} backup in the repository"))
+            findings.append(finding("info", "repository", kind, f"no good {kind} backup in the repository yet"))
             continue
         hours = (now.timestamp() - last["stopped_at"]) / 3600
         severity = "high" if hours > hours_allowed else "info"
