@@ -2,7 +2,7 @@
 through ansible-runner's Python API (pgops.runner), with its survey applied
 the way AWX applies it, against the scenario's server and S3 endpoint. Every
 test asserts the job's status and its effect. The tests run in file order
-(each takes the `host` fixture) after test_backup.py."""
+(each takes the `host` fixture) after the security suites."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import repo_info
+from conftest import bucket_keys, physical_backup, repo_info
 
 from pgops import runner
 from pgops.testing import plant_default_partition_row, psql, remove_default_partition_rows
@@ -20,10 +20,6 @@ BUCKET = "pgops-molecule-backups"
 
 def launch(name, answers=None, check=False):
     return runner.launch_template(name, Path(os.environ["MOLECULE_INVENTORY_FILE"]), answers, check, job_timeout=900)
-
-
-def keys(s3, prefix):
-    return {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])}
 
 
 def refund_partitions(host):
@@ -74,11 +70,16 @@ def test_status_names_the_leader(host):
 
 
 def test_backup_now_uploads_a_dump_and_a_physical_backup(host, s3):
-    before_dumps = keys(s3, "pgops/payments/logical/manifests/")
+    """Backup now, logical then incremental, on the full and differential the
+    timers take (the backup scenario proves each kind and its retention; here
+    they feed the drill, the monitoring suite and the failover trial)."""
+    for kind in ("full", "diff"):
+        physical_backup(kind)
+    before_dumps = bucket_keys(s3, "pgops/payments/logical/manifests/")
     job = launch("Backup now", {"backup_now_kind": "logical"})
     assert job.status == "successful", job.stdout[-3000:]
     status = json.loads(host.file("/var/lib/pgops/backup/last_success.json").content_string)
-    assert keys(s3, "pgops/payments/logical/manifests/") - before_dumps == {
+    assert bucket_keys(s3, "pgops/payments/logical/manifests/") - before_dumps == {
         f"pgops/payments/logical/manifests/{status['id']}.json"
     }
     assert f"last good logical backup {status['id']}" in job.stdout

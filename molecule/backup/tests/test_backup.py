@@ -9,10 +9,20 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import S3_CA, S3_ENDPOINT, USERS, member, member_whose_turn, physical_backup, repo_info, wait_archived
+from conftest import (
+    S3_CA,
+    S3_ENDPOINT,
+    USERS,
+    bucket_keys,
+    member,
+    member_whose_turn,
+    physical_backup,
+    repo_info,
+    wait_archived,
+)
 
 from pgops.backup import Manifest, backup_id, plan_retention, tiers_for
-from pgops.testing import host_address, psql, recap_changed, run_playbook
+from pgops.testing import psql, recap_changed, run_playbook, s3_cut_rule
 
 BUCKET = "pgops-molecule-backups"
 PREFIX = "pgops/payments/logical/dumps/"
@@ -114,10 +124,7 @@ def test_retention_over_sixty_simulated_days(host, s3):
         "--config /etc/pgops/backup-sim.json run --now $d >/dev/null || exit 1; done"
     )
     assert run.rc == 0, run.stderr
-    kept = {
-        o["Key"].rsplit("/", 1)[1].removesuffix(".json")
-        for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="simulation/logical/manifests/")["Contents"]
-    }
+    kept = {k.rsplit("/", 1)[1].removesuffix(".json") for k in bucket_keys(s3, "simulation/logical/manifests/")}
     # The same policy computed here from the calendar alone.
     expected: list[Manifest] = []
     for n in range(60):
@@ -126,7 +133,7 @@ def test_retention_over_sixty_simulated_days(host, s3):
         expected, _ = plan_retention(expected, config["keep"])
     assert kept == {m.id for m in expected}
     assert len(kept) == 12  # 7 daily + 4 weekly + 3 monthly, some shared
-    dumps = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="simulation/logical/dumps/")["Contents"]}
+    dumps = bucket_keys(s3, "simulation/logical/dumps/")
     assert dumps == {f"simulation/logical/dumps/{i}{suffix}" for i in kept for suffix in (".dump", ".globals.sql")}
 
 
@@ -248,12 +255,8 @@ def restore_twice(host, target):
 
 
 def test_s3_outage_fails_clearly_and_deletes_nothing(host, s3):
-    before = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="pgops/")["Contents"]}
-    # Only the leader's path to S3 is cut (the cluster's own network stays up,
-    # or Patroni would rightly fail over): the controller rejects its
-    # connections to the endpoint.
-    rule = ["INPUT", "-s", host_address(host), "-p", "tcp", "--dport", "9001", "-j", "REJECT",
-            "--reject-with", "tcp-reset"]  # fmt: skip
+    before = bucket_keys(s3, "pgops/")
+    rule = s3_cut_rule(host, S3_ENDPOINT)
     subprocess.run(["iptables", "-I", *rule], check=True)
     try:
         run = tool(host, "run")
@@ -261,7 +264,7 @@ def test_s3_outage_fails_clearly_and_deletes_nothing(host, s3):
         assert "pgops-backup: run FAILED: S3" in run.stderr
     finally:
         subprocess.run(["iptables", "-D", *rule], check=True)
-    after = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="pgops/")["Contents"]}
+    after = bucket_keys(s3, "pgops/")
     assert after == before
     again = tool(host, "run")
     assert again.rc == 0, again.stderr
@@ -272,10 +275,9 @@ def test_archiving_through_an_s3_outage_fails_loudly_and_catches_up(host, s3):
     counts it, pgBackRest says why), WAL waits in pg_wal and the spool holds
     only status files, nothing in the bucket is deleted; once S3 is back the
     archive catches up with no gap, as pgbackrest check proves."""
-    before = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="pgops/")["Contents"]}
+    before = bucket_keys(s3, "pgops/")
     failed = int(psql(host, "SELECT failed_count FROM pg_stat_archiver"))
-    rule = ["INPUT", "-s", host_address(host), "-p", "tcp", "--dport", "9001", "-j", "REJECT",
-            "--reject-with", "tcp-reset"]  # fmt: skip
+    rule = s3_cut_rule(host, S3_ENDPOINT)
     subprocess.run(["iptables", "-I", *rule], check=True)
     try:
         for _ in range(3):
@@ -293,7 +295,7 @@ def test_archiving_through_an_s3_outage_fails_loudly_and_catches_up(host, s3):
         subprocess.run(["iptables", "-D", *rule], check=True)
     psql(host, "DROP TABLE IF EXISTS outage_marker")
     wait_archived(host, timeout=180)
-    after = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="pgops/")["Contents"]}
+    after = bucket_keys(s3, "pgops/")
     assert before <= after
     check = host.run("runuser -u postgres -- pgbackrest --stanza=payments check")
     assert check.rc == 0, check.stderr + check.stdout
