@@ -62,6 +62,11 @@ def whose_turn(members: list[dict]) -> str:
     raise TurnError("no streaming replica and no running leader: no backup can be taken")
 
 
+def leader_in(members: list[dict]) -> str | None:
+    """The member holding the leader lock, from Patroni's /cluster members."""
+    return next((m["name"] for m in members if m.get("role") == "leader"), None)
+
+
 def summarize(info: list[dict]) -> dict:
     """The repository in brief, from pgbackrest info --output=json: the last
     good backup of each kind (stop time, label, size in the repository), the

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pgops.physical import TurnError, summarize, whose_turn
+from pgops.physical import TurnError, leader_in, summarize, whose_turn
 
 
 def member(name, role, state):
@@ -31,6 +31,13 @@ def test_a_standby_that_does_not_stream_is_passed_over():
 def test_the_leader_backs_up_when_no_standby_streams():
     members = [member("pg-a", "replica", "stopped"), member("pg-b", "leader", "running")]
     assert whose_turn(members) == "pg-b"
+
+
+def test_the_logical_dump_follows_the_leader_lock():
+    members = [member("pg-a", "quorum_standby", "streaming"), member("pg-b", "leader", "running")]
+    assert leader_in(members) == "pg-b"
+    assert leader_in([member("pg-a", "replica", "running"), member("pg-b", "standby_leader", "running")]) is None
+    assert leader_in([]) is None
 
 
 def test_no_leader_and_no_standby_is_an_error():

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from conftest import (
+    NODES,
     S3_CA,
     S3_ENDPOINT,
     USERS,
@@ -106,6 +107,15 @@ def test_nightly_job_uploads_a_verified_dump(host, s3):
     assert verify.rc == 0 and "verified" in verify.stdout
     status = json.loads(host.file("/var/lib/pgops/backup/last_success.json").content_string)
     assert status["id"] == ident
+
+
+def test_only_the_member_patroni_names_leader_dumps(host):
+    """Every member carries the nightly timer; on the standby the run asks
+    Patroni, stands down (75, nothing recorded) and never reaches S3."""
+    standby = member(next(n for n in NODES if n != host.backend.host))
+    out = standby.run("runuser -u postgres -- /usr/local/sbin/pgops-backup run")
+    assert out.rc == 75, out.stderr
+    assert f"Patroni names {host.backend.host} the leader" in out.stdout
 
 
 def test_retention_over_sixty_simulated_days(host, s3):
