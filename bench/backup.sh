@@ -37,6 +37,7 @@ psql_ -c "CHECKPOINT" >/dev/null
 db_mb=$(psql_ -c "SELECT round(pg_database_size('payments') / 1048576.0, 1)")
 cluster_mb=$(psql_ -c "SELECT round(sum(pg_database_size(datname)) / 1048576.0, 1) FROM pg_database")
 rows=$(psql_ -c "SELECT count(*) FROM payments.transaction")
+major=$(psql_ -c "SELECT current_setting('server_version_num')::int / 10000")
 datadir=$(docker exec "$turn" runuser -u postgres -- psql -XAtq -c 'SHOW data_directory')
 secs() {  # seconds a command takes (it must succeed)
   python3 -c 'import subprocess, sys, time
@@ -81,10 +82,10 @@ docker exec "$primary" runuser -u postgres -- psql -XAtq -c 'SELECT pg_switch_wa
 sleep 5
 logical_s=$(secs ansible-playbook -i inventories/lab playbooks/restore.yml -e restore_host=$target \
   -e restore_cluster=bench -e restore_port=5440 -e restore_force=true)
-docker exec "$target" pg_dropcluster --stop 15 bench || true
+docker exec "$target" pg_dropcluster --stop "$major" bench || true
 pitr_s=$(secs ansible-playbook -i inventories/lab playbooks/restore.yml -e restore_host=$target \
   -e restore_mode=pitr -e restore_cluster=benchpitr -e restore_port=5441)
-docker exec "$target" pg_dropcluster --stop 15 benchpitr || true
+docker exec "$target" pg_dropcluster --stop "$major" benchpitr || true
 
 python3 - "$scale" "$db_mb" "$cluster_mb" "$rows" "$dump_mb" "$dump_s" "$logical_s" "$pitr_s" "$repo_mb" \
   "${runs[@]}" >"$out/backup.json" <<'PY'
