@@ -67,6 +67,14 @@ def leader_in(members: list[dict]) -> str | None:
     return next((m["name"] for m in members if m.get("role") == "leader"), None)
 
 
+def backup_command(stanza: str, kind: str, on_the_leader: bool) -> list[str]:
+    """pgBackRest's backup of KIND. The configuration reads the files from a
+    standby (backup-standby); on the leader, which backs up only when no
+    standby streams, that is lifted (2.45 would stop: no standby to read)."""
+    options = ["--no-backup-standby"] if on_the_leader else []
+    return ["/usr/bin/pgbackrest", f"--stanza={stanza}", f"--type={kind}", *options, "backup"]
+
+
 def summarize(info: list[dict]) -> dict:
     """The repository in brief, from pgbackrest info --output=json: the last
     good backup of each kind (stop time, label, size in the repository), the
@@ -120,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(summarize(json.loads(info.stdout)), sort_keys=True))
             return 0
         me = patroni_get(cfg, "/patroni")["patroni"]["name"]
-        chosen = whose_turn(patroni_get(cfg, "/cluster")["members"])
+        members = patroni_get(cfg, "/cluster")["members"]
+        chosen = whose_turn(members)
+        leader = chosen == leader_in(members)
     except (TurnError, OSError, KeyError, ValueError, subprocess.CalledProcessError) as e:
         print(f"pgops-pgbackrest: {args.command} FAILED: {e}", file=sys.stderr)
         return 1
@@ -130,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if chosen != me:
         print(f"pgops-pgbackrest: {chosen} backs up, not {me}")
         return NOT_MY_TURN
-    command = ["/usr/bin/pgbackrest", f"--stanza={cfg.stanza}", f"--type={args.kind}", "backup"]
-    run = subprocess.run(command, check=False)
+    run = subprocess.run(backup_command(cfg.stanza, args.kind, leader), check=False)
     if run.returncode != 0:
         print(f"pgops-pgbackrest: {args.kind} backup FAILED (pgbackrest exit {run.returncode})", file=sys.stderr)
         return 1

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pgops.physical import TurnError, leader_in, summarize, whose_turn
+from pgops.physical import TurnError, backup_command, leader_in, summarize, whose_turn
 
 
 def member(name, role, state):
@@ -38,6 +38,13 @@ def test_the_logical_dump_follows_the_leader_lock():
     assert leader_in(members) == "pg-b"
     assert leader_in([member("pg-a", "replica", "running"), member("pg-b", "standby_leader", "running")]) is None
     assert leader_in([]) is None
+
+
+def test_the_leader_backs_up_its_own_files():
+    assert backup_command("payments", "incr", on_the_leader=False) == [
+        "/usr/bin/pgbackrest", "--stanza=payments", "--type=incr", "backup"]  # fmt: skip
+    assert backup_command("payments", "full", on_the_leader=True) == [
+        "/usr/bin/pgbackrest", "--stanza=payments", "--type=full", "--no-backup-standby", "backup"]  # fmt: skip
 
 
 def test_no_leader_and_no_standby_is_an_error():

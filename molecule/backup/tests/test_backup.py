@@ -23,6 +23,7 @@ from conftest import (
 )
 
 from pgops.backup import Manifest, backup_id, plan_retention, tiers_for
+from pgops.faults import wait_until
 from pgops.testing import psql, recap_changed, run_playbook, s3_cut_rule
 
 BUCKET = "pgops-molecule-backups"
@@ -209,6 +210,8 @@ def test_backups_come_from_a_standby_while_the_primary_works(host, tmp_path):
     (backup-standby), and the primary keeps serving."""
     turn = member_whose_turn()
     assert turn != host.backend.host
+    log = member(turn).file("/var/log/pgbackrest/payments-backup.log")
+    seen = len(log.content_string) if log.exists else 0
     app = USERS["payments_app"]
     workload = subprocess.Popen(  # 20 s of payments on the leader, as the application
         ["bash", "bench/payment_workload.sh", host.backend.host],
@@ -224,12 +227,28 @@ def test_backups_come_from_a_standby_while_the_primary_works(host, tmp_path):
         out, _ = workload.communicate(timeout=120)
     assert workload.returncode == 0, out[-2000:]
     assert '"failed": 0' in out
-    log = member(turn).file("/var/log/pgbackrest/payments-backup.log").content_string
-    assert "backup-standby" in log and "wait for replay on the standby" in log
+    this_run = log.content_string[seen:]  # the log keeps every run's lines
+    assert "backup-standby" in this_run and "wait for replay on the standby" in this_run
+
+
+def test_the_leader_backs_up_when_no_standby_streams(host):
+    """With its only standby down, the turn falls to the leader, which backs
+    up its own files (pgBackRest's backup-standby is lifted for that run)."""
+    standby = member(next(n for n in NODES if n != host.backend.host))
+    assert standby.run("systemctl stop patroni").rc == 0
+    try:
+        wait_until(lambda: member_whose_turn() == host.backend.host, 60, "the turn falls to the leader")
+        assert physical_backup("incr") == host.backend.host
+        newest = repo_info(host)["backup"][-1]
+        assert newest["type"] == "incr" and not newest["error"]
+    finally:
+        assert standby.run("systemctl start patroni").rc == 0
+        wait_until(lambda: member_whose_turn() == standby.backend.host, 120, "the standby streams again")
 
 
 def test_point_in_time_recovery(host):
     physical_backup("full")
+    label = repo_info(host)["backup"][-1]["label"]
     psql(host, "CREATE TABLE pitr_marker (id int PRIMARY KEY); INSERT INTO pitr_marker SELECT generate_series(1, 3)")
     time.sleep(1.1)
     target = psql(host, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
@@ -239,16 +258,17 @@ def test_point_in_time_recovery(host):
     psql(host, "DROP TABLE pitr_marker")
     wait_archived(host)
     try:
-        restore_twice(host, target)
+        restore_twice(host, target, label)
     finally:
         host.run(f"pg_dropcluster --stop {major(host)} pitr")
 
 
-def restore_twice(host, target):
-    """By time into a new copy, then by restore point in place (delta)."""
+def restore_twice(host, target, label):
+    """By time into a new copy, then by restore point in place (delta), from
+    the backup named by its label."""
     for request, expected in (
         ({"restore_target_time": target}, "1,2,3"),
-        ({"restore_target_name": "pgops-test-six", "restore_force": True}, "1,2,3,4,5,6"),
+        ({"restore_target_name": "pgops-test-six", "restore_force": True, "restore_backup_id": label}, "1,2,3,4,5,6"),
     ):
         run = run_playbook(
             "playbooks/restore.yml",
@@ -338,7 +358,8 @@ def test_restore_drill_passes_then_fails_on_a_corrupted_dump(host, s3):
     try:
         broken = run_playbook("playbooks/restore_drill.yml", {"restore_drill_host": host.backend.host})
         assert broken.returncode != 0
-        assert "Verify every backup and archived segment" in broken.stdout, broken.stdout[-3000:]
+        failed_at = f"Restore drill FAILED on {host.backend.host} (Verify every backup and archived segment against"
+        assert failed_at in " ".join(broken.stdout.split()), broken.stdout[-3000:]
     finally:
         s3.put_object(Bucket=BUCKET, Key=repo_key, Body=repo_original)
     # Each outcome has its own metric file (node exporter): the failure did

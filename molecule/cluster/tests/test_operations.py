@@ -108,11 +108,20 @@ def test_restore_drill_with_the_default_host(host):
 
 
 def test_leader_only_operations_refuse_when_the_leader_is_left_out(host):
-    """--limit without the leader: refused, not a silent success that did nothing."""
+    """--limit without the member that should act: refused, not a silent
+    success that did nothing."""
     standby = next(n for n in ("cluster1", "cluster2", "cluster3") if n != host.backend.host)
     job = runner.run("playbooks/backup_now.yml", Path(os.environ["MOLECULE_INVENTORY_FILE"]), limit=standby)
     assert job.status == "failed"
     assert f"The leader, {host.backend.host}, is not in the play" in job.stdout and "no backup was taken" in job.stdout
+    # A physical backup is a standby's to take: --limit to the leader alone.
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"])
+    job = runner.run("playbooks/backup_now.yml", inventory, {"backup_now_kind": "incr"}, limit=host.backend.host)
+    assert job.status == "failed"
+    assert "backup, and it is not in the play (--limit, or unreachable): no backup was taken" in " ".join(
+        job.stdout.split()
+    )
+    assert max(job.changed().values(), default=0) == 0
 
 
 def test_restore_drill_never_touches_the_servers_own_cluster(host):
