@@ -371,3 +371,14 @@ def test_restore_drill_passes_then_fails_on_a_corrupted_dump(host, s3):
     assert "pgops_restore_drill_last_success_timestamp_seconds " in recorded["success"]
     assert "pgops_restore_drill_last_failure_timestamp_seconds " in recorded["failure"]
     assert host.run("pg_lsclusters -h").stdout.count("drill") == 0  # the scratch cluster is gone either way
+
+
+def test_a_deploy_in_check_mode_changes_nothing(host):
+    """After the backups, restores, outages and drills above, site.yml in
+    check mode runs cleanly and would change nothing: the repository, its
+    stanza, the timers and the archive settings are as the roles left them
+    (the cluster scenario re-runs it for real)."""
+    run = run_playbook("site.yml", check=True)
+    assert run.returncode == 0, run.stdout[-3000:]
+    changed = recap_changed(run.stdout)
+    assert set(NODES) <= set(changed) and max(changed.values()) == 0, run.stdout[-5000:]
