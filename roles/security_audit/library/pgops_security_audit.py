@@ -331,7 +331,7 @@ def check_repository(summary, max_age_hours, now):
     good backup of each kind and its age (older than allowed is high; a kind
     not taken yet, as on a new cluster, is said), and the repository's size."""
     findings = []
-    for kind, hours_allowed in sorted(max_age_hours.items()):
+    for kind, hours_allowed in sorted((k, float(v)) for k, v in max_age_hours.items()):
         last = summary.get("last", {}).get(kind)
         if not last:
             findings.append(finding("info", "repository", kind, f"no good {kind} backup in the repository yet"))
