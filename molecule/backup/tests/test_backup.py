@@ -256,6 +256,7 @@ def test_point_in_time_recovery(host):
     psql(host, "INSERT INTO pitr_marker SELECT generate_series(4, 6)")
     psql(host, "SELECT pg_create_restore_point('pgops-test-six')")
     psql(host, "DROP TABLE pitr_marker")
+    physical_backup("incr")  # newer than the restore point: restoring to it takes the full's label
     wait_archived(host)
     try:
         restore_twice(host, target, label)
@@ -264,8 +265,9 @@ def test_point_in_time_recovery(host):
 
 
 def restore_twice(host, target, label):
-    """By time into a new copy, then by restore point in place (delta), from
-    the backup named by its label."""
+    """By time into a new copy (pgBackRest picks the full, the newest backup
+    before it), then by restore point in place (delta), from the full named by
+    its label (the newest backup, an incremental, ended after the point)."""
     for request, expected in (
         ({"restore_target_time": target}, "1,2,3"),
         ({"restore_target_name": "pgops-test-six", "restore_force": True, "restore_backup_id": label}, "1,2,3,4,5,6"),
