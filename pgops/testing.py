@@ -255,8 +255,12 @@ def physical_backup(kind: str, names) -> str:
     return turn
 
 
-def wait_archived(host, timeout: float = 60) -> None:
-    """Switch WAL and wait until the segment is in the archive."""
+def wait_archived(host, timeout: float = 120) -> None:
+    """Switch WAL and wait until the segment is in the archive (the archiver
+    waits 60 s after three failed attempts). A commit first: a switch out of
+    an empty segment, as after a backup, does nothing, and it would never be
+    archived."""
+    psql(host, "SELECT txid_current()")
     segment = psql(host, "SELECT pg_walfile_name(pg_current_wal_lsn())")
     psql(host, "SELECT pg_switch_wal()")
     deadline = time.monotonic() + timeout
