@@ -6,7 +6,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_INVENTORY := inventories/lab
 LAB_GATEWAY ?= 172.29.57.1
 LAB_S3_PORT ?= 9000
-SCENARIOS ?= default cluster
+SCENARIOS ?= default backup cluster
 
 .PHONY: help bootstrap lab psql lab-destroy test lint lint-sql unit molecule bench bench-payment bench-audit bench-failover bench-backup sample-data docs erd bench-security bench-layers bench-clients bench-monitoring report dashboard
 
@@ -19,7 +19,7 @@ help:
 	@echo "make bench-payment  payment workload (pgbench) on the lab primary"
 	@echo "make bench-audit  cost of the audit settings on the payment workload"
 	@echo "make bench-failover  kill and partition trials under load, soak, switchover pause (TRIALS=10 SOAK=600)"
-	@echo "make bench-backup  backup and restore throughput (env SCALE)"
+	@echo "make bench-backup  pgBackRest full backup vs raw upload (A B B A), logical dump, PITR restore (env SCALE)"
 	@echo "make bench-security  payment workload before vs after the least-privilege API (A B B A)"
 	@echo "make bench-layers  cost of each layer: stock, tuning, audit, sync replication, PgBouncer, HAProxy (SCALE=10)"
 	@echo "make bench-clients  8 to 1024 clients, direct vs PgBouncer, p50/p99 latency (SCALE=10)"
@@ -70,10 +70,10 @@ lint-sql:
 unit:
 	@$(STEP) unit -- pytest -q tests
 
-# The scenarios run side by side (their networks and instances are distinct):
-# the last one streams its output, the others write to .cache/molecule-NAME.log,
-# printed when they end. Measured: `default` is over (12 min) long before
-# `cluster` reaches its fault trials, and the whole is about 8 min shorter.
+# The scenarios run side by side (their networks, instances and S3 endpoints
+# are distinct): the last one streams its output, the others write to
+# .cache/molecule-NAME.log, printed when they end. `cluster` is the longest;
+# `default` and `backup` are over before it reaches its fault trials.
 molecule:
 	@mkdir -p .cache; set -- $(SCENARIOS); last=$${!#}; rc=0; \
 	for s in "$$@"; do [ "$$s" = "$$last" ] && continue; echo "== molecule scenario $$s (in the background: .cache/molecule-$$s.log)"; \
@@ -101,6 +101,7 @@ bench-failover:
 	python bench/failover.py --trials $(TRIALS) --soak $(SOAK) --switchovers $(SWITCHOVERS)
 
 bench-backup:
+	@python -c 'import matplotlib' 2>/dev/null || pip install -q -r bench/requirements.txt
 	SCALE=$(SCALE) bench/backup.sh
 
 bench-security:

@@ -145,8 +145,55 @@ def plot_clients(summary: dict, png: Path) -> None:
     fig.savefig(png, dpi=100)
 
 
+def backup_table(result: dict) -> str:
+    raw, full = result["raw_upload_mb_per_s"], result["full_backup_mb_per_s"]
+    return "\n".join([
+        "| What | MB of database per s (median) | Max | Runs | Ratio to raw upload |",
+        "| --- | ---: | ---: | --- | ---: |",
+        f"| Raw upload (uncompressed tar, boto3) | {raw['median']} | {raw['max']} | "
+        f"{', '.join(map(str, raw['runs']))} | 1.0 |",
+        f"| pgBackRest full backup (zst, encrypted, from a standby) | {full['median']} | {full['max']} | "
+        f"{', '.join(map(str, full['runs']))} | {result['full_backup_to_raw']} |",
+        f"| Logical backup (pg_dump, upload, verify) | {result['logical_backup_mb_per_s']} | | | |",
+    ])  # fmt: skip
+
+
+def plot_backup(result: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    rows = [("raw upload", result["raw_upload_mb_per_s"]), ("pgBackRest full", result["full_backup_mb_per_s"])]
+    for i, (name, r) in enumerate(rows):
+        left.barh([name], [r["median"]], color="#4477aa")
+        left.scatter(r["runs"], [i] * len(r["runs"]), color="black", s=10, zorder=3)
+    left.barh(["logical dump"], [result["logical_backup_mb_per_s"]], color="#999933")
+    left.axvline(4.2, color="#cc6677", linestyle="--", label="barman-cloud before (4.2)")
+    left.set_xlabel("MB of database per second")
+    left.legend()
+    right.bar(["logical restore", "PITR restore"], [result["logical_restore_s"], result["pitr_restore_s"]],
+              color=["#999933", "#4477aa"])  # fmt: skip
+    right.axhline(60, color="#cc6677", linestyle="--", label="60 s target (PITR)")
+    right.set_ylabel("seconds")
+    right.legend()
+    fig.suptitle(f"Backups and restores, {result['database_mb']:.0f} MB payments database")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+
+
 def main(argv: list[str]) -> int:
     kind, directory, png = argv[1], Path(argv[2]), Path(argv[3])
+    if kind == "backup":  # one result file
+        result = json.loads(directory.read_text())
+        print(backup_table(result))
+        try:
+            plot_backup(result, png)
+            print(f"plot: {png}")
+        except ImportError:
+            print("matplotlib missing (pip install -r bench/requirements.txt): no plot")
+        return 0
     runs = load(directory)
     summary = layers_summary(runs) if kind == "layers" else clients_summary(runs)
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -28,6 +28,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+try:  # on the hosts the two tools are installed side by side (roles/backup)
+    from pgops_physical import TurnError, leader_in, patroni_get
+except ImportError:  # on the controller and in the unit tests
+    from pgops.physical import TurnError, leader_in, patroni_get
+
 TIERS = ("daily", "weekly", "monthly")
 NOT_MY_TURN = 75  # EX_TEMPFAIL; barman-cloud uses 1-4 for its own errors
 
@@ -146,6 +151,9 @@ class Config:
     lock_file: str = "/run/lock/pgops-backup.lock"
     sse: str = "AES256"
     tables_to_count: list = field(default_factory=list)
+    # The local Patroni, which says who leads ("" on a server without one).
+    patroni_url: str = ""
+    ca_file: str = ""
 
     @classmethod
     def load(cls, path: str) -> Config:
@@ -202,6 +210,22 @@ def snapshot_facts(conn, tables: list[str]) -> dict:
     facts["newest_transaction_at"], facts["schema_version"] = row
     facts["server_version"] = conn.execute("SHOW server_version").fetchone()[0]
     return facts
+
+
+def leads_here(cfg: Config) -> None:
+    """NotPrimary unless the local Patroni names this member the leader: the
+    timer runs on every member and the HA manager decides which one dumps, so
+    a failover needs no re-deploy. Without Patroni, the server's own recovery
+    state decides (run_backup checks it in any case)."""
+    if not cfg.patroni_url:
+        return
+    try:
+        me = patroni_get(cfg, "/patroni")["patroni"]["name"]
+        leader = leader_in(patroni_get(cfg, "/cluster")["members"])
+    except (TurnError, KeyError, TypeError) as e:
+        raise BackupError(f"cannot tell whether this member leads: {e}") from e
+    if leader != me:
+        raise NotPrimary(f"Patroni names {leader or 'no member'} the leader, not {me}: the dump runs on the leader")
 
 
 def run_backup(cfg: Config, now: dt.datetime) -> Manifest:
@@ -336,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 except BlockingIOError as e:
                     raise BackupError("another backup run holds the lock") from e
                 try:
+                    leads_here(cfg)
                     m = run_backup(cfg, now)
                 except NotPrimary as e:
                     print(f"pgops-backup: skipped: {e}")

@@ -2,13 +2,33 @@
 conftest.py): a test harness login with direct privileges on the payments
 tables, and connections to the payments database as that login over TLS.
 Each needs the scenario's `host` fixture: testinfra's own in a one-member
-scenario, the Patroni leader in the cluster."""
+scenario, the Patroni leader in the others, which import `cluster_ca`,
+`leader_name` and `host` from here and give a session fixture `nodes` (their
+members and addresses)."""
 
 import pytest
 
-from pgops.testing import connect, create_login_role, fetch_ca, host_address, psql
+from pgops.testing import connect, create_login_role, fetch_ca, host_address, member, patroni_leader, psql
 
 DB = "payments"
+
+
+@pytest.fixture(scope="session")
+def cluster_ca(nodes, tmp_path_factory):
+    """The cluster CA, for clients on the controller (Patroni's REST API, PostgreSQL)."""
+    return fetch_ca(member(next(iter(nodes))), tmp_path_factory.mktemp("cluster-ca"))
+
+
+@pytest.fixture(scope="module")
+def leader_name(nodes, cluster_ca):
+    """The leader as Patroni says when the module starts."""
+    return patroni_leader(nodes.values(), cluster_ca)
+
+
+@pytest.fixture(scope="module")
+def host(leader_name):
+    """The leader's host (this replaces testinfra's per-host `host`)."""
+    return member(leader_name)
 
 
 @pytest.fixture(scope="module")

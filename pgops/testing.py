@@ -9,15 +9,19 @@ import os
 import re
 import secrets
 import ssl
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 
 from pgops import runner
 
 PATRONI_PORT = 8008
+# The lab-only CA lab/s3.sh signs the scenarios' S3 endpoints with.
+S3_CA = str(Path(__file__).resolve().parents[1] / "lab/.state/s3-ca.crt")
 
 
 def psql(host, sql: str, db: str = "postgres") -> str:
@@ -194,3 +198,80 @@ def run_playbook(
 def recap_changed(output: str) -> dict[str, int]:
     """The changed= count per host from a PLAY RECAP."""
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", output, re.M)}
+
+
+def member(name: str):
+    """A scenario member's testinfra host, by inventory name."""
+    import testinfra
+
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+
+
+def s3_client(endpoint: str):
+    """A client of a scenario's S3 endpoint (moto behind stunnel, lab CA), with
+    the keys the scenarios give the backup role."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="molecule-only-access-key",
+        aws_secret_access_key="molecule-only-secret-key",  # noqa: S106 (the scenarios give moto these keys)
+        verify=S3_CA,
+    )
+
+
+def bucket_keys(s3, prefix: str, bucket: str = "pgops-molecule-backups") -> set[str]:
+    """Every key under `prefix`: a listing returns at most 1,000 keys a page."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def repo_info(host) -> dict:
+    """pgBackRest's view of the stanza (info --output=json), from a member."""
+    out = host.run("runuser -u postgres -- pgbackrest --stanza=payments --output=json info")
+    assert out.rc == 0, out.stderr
+    return json.loads(out.stdout)[0]
+
+
+def member_whose_turn(names) -> str:
+    """What pgops-pgbackrest answers on the first of `names` that answers."""
+    errors = []
+    for name in names:
+        out = member(name).run("runuser -u postgres -- /usr/local/sbin/pgops-pgbackrest turn")
+        if out.rc == 0:
+            return out.stdout.strip()
+        errors.append(f"{name}: {out.stderr.strip()}")
+    raise AssertionError(f"no member says whose turn it is: {errors}")
+
+
+def physical_backup(kind: str, names) -> str:
+    """A pgBackRest backup of KIND taken as its timer takes it, on the member
+    whose turn it is; returns that member's name."""
+    turn = member_whose_turn(names)
+    started = member(turn).run(f"systemctl start pgops-pgbackrest-{kind}.service")
+    assert started.rc == 0, member(turn).run(f"journalctl -u pgops-pgbackrest-{kind} -n 30 --no-pager").stdout
+    return turn
+
+
+def wait_archived(host, timeout: float = 120) -> None:
+    """Switch WAL and wait until the segment is in the archive (the archiver
+    waits 60 s after three failed attempts). A commit first: a switch out of
+    an empty segment, as after a backup, does nothing, and it would never be
+    archived."""
+    psql(host, "SELECT txid_current()")
+    segment = psql(host, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    psql(host, "SELECT pg_switch_wal()")
+    deadline = time.monotonic() + timeout
+    while psql(host, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < segment:
+        assert time.monotonic() < deadline, "WAL was not archived"
+        time.sleep(1)
+
+
+def s3_cut_rule(host, endpoint: str) -> list[str]:
+    """The controller's iptables rule (for -I, then -D) that resets the
+    member's connections to the scenario's S3 endpoint: only its path to S3 is
+    cut, the cluster's own network stays up (or Patroni would rightly fail over)."""
+    port = urlsplit(endpoint).port
+    return f"INPUT -s {host_address(host)} -p tcp --dport {port} -j REJECT --reject-with tcp-reset".split()

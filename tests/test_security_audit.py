@@ -175,3 +175,33 @@ def test_writes_on_protected_tables_are_high_unless_allowed():
     assert [(f["severity"], f["subject"], f["detail"]) for f in found] == [
         ("high", "payments.transaction", "developer may INSERT")
     ]
+
+
+def archiver(failing, mode="on"):
+    return {"archive_mode": mode, "failing": failing, "archived_count": 10, "failed_count": 3,
+            "last_archived_wal": "000000010000000000000009", "last_failed_wal": "00000001000000000000000A",
+            "last_archived_time": SINCE, "last_failed_time": SINCE + dt.timedelta(minutes=1)}  # fmt: skip
+
+
+def test_failing_or_disabled_archiving_is_high():
+    assert audit.check_archiver(archiver(failing=True))[0]["severity"] == "high"
+    assert "failing" in audit.check_archiver(archiver(failing=True))[0]["detail"]
+    assert audit.check_archiver(archiver(failing=False, mode="off"))[0]["severity"] == "high"
+    ok = audit.check_archiver(archiver(failing=False))[0]
+    assert ok["severity"] == "info" and ok["subject"] == "000000010000000000000009"
+
+
+def test_repository_backups_older_than_allowed_are_high():
+    now = SINCE
+    summary = {
+        "stanza": "payments", "backups": 2, "repository_bytes": 3 * 1048576,
+        "archive_min": "a", "archive_max": "b",
+        "last": {"full": {"label": "F", "stopped_at": (now - dt.timedelta(hours=200)).timestamp()},
+                 "diff": {"label": "D", "stopped_at": (now - dt.timedelta(hours=2)).timestamp()}},
+    }  # fmt: skip
+    found = by_subject(audit.check_repository(summary, {"full": 170, "diff": 50, "incr": 26}, now))
+    assert found[("repository", "full")]["severity"] == "high"
+    assert found[("repository", "diff")]["severity"] == "info"
+    assert found[("repository", "incr")]["severity"] == "info"  # none yet, as on a new cluster
+    assert "yet" in found[("repository", "incr")]["detail"]
+    assert "3.0 MB" in found[("repository", "payments")]["detail"]

@@ -1,7 +1,8 @@
 """Fixtures for the cluster scenario's suites, which share one converged
 3-member cluster and run in the order ORDER sets, each leaving the cluster as
-the next expects: schema, access and audit first, then backups, replication,
-and the fault trials last (they move the leader).
+the next expects: schema, access and audit first, then the operations as AWX
+runs them, monitoring, and the fault trials last (they move the leader). The
+backup scenario proves backups and restores on a cluster of its own.
 
 `host` is the current leader, as Patroni says, for every module that does not
 name its hosts. The schema fixtures: a test harness login with direct
@@ -12,31 +13,30 @@ group may do is proven separately, as real group members (test_access.py,
 test_attacks.py)."""
 
 import json
-import os
 import secrets
 from pathlib import Path
 
-import boto3
 import pytest
-import testinfra
 import yaml
 
-from pgops import faults, fixtures
+from pgops import faults, fixtures, testing
 from pgops.faults import wait_until
-from pgops.testing import (
+from pgops.testing import (  # noqa: F401 (the suites import these from here)
+    S3_CA,
     LoginRole,
+    bucket_keys,
     create_payer,
-    fetch_ca,
-    patroni_leader,
+    member,
+    repo_info,
     run_playbook,
+    s3_client,
+    wait_archived,
 )
 
 # The members and their addresses (molecule.yml).
 NODES = {"cluster1": "172.29.62.10", "cluster2": "172.29.62.11", "cluster3": "172.29.62.12"}
 NETWORK = "pgops-molecule-cluster"
 S3_ENDPOINT = "https://172.29.62.1:9001"
-# The lab-only CA lab/s3.sh signed the endpoint's certificate with.
-S3_CA = str(Path(__file__).resolve().parents[3] / "lab/.state/s3-ca.crt")
 
 # One login per group (molecule.yml access_users), and one in no group.
 USERS = {
@@ -56,10 +56,8 @@ ORDER = [
     "test_access",
     "test_attacks",
     "test_audit",
-    "test_pii_rotation",
     "test_security_report",
     "test_erd",
-    "test_backup",
     "test_operations",
     "test_monitoring",
     "test_replication",
@@ -95,8 +93,8 @@ def wait_healthy(ca, timeout=HEALTHY_WITHIN):
     return leader_of(ca)
 
 
-tester = fixtures.tester
-db = fixtures.db
+cluster_ca, leader_name, host = fixtures.cluster_ca, fixtures.leader_name, fixtures.host
+tester, db = fixtures.tester, fixtures.db
 
 
 def pytest_collection_modifyitems(items):
@@ -107,40 +105,15 @@ def pytest_collection_modifyitems(items):
     items.sort(key=rank)  # stable: a module keeps its own order
 
 
-def member(name):
-    """A member's testinfra host, by inventory name."""
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
-
-
 @pytest.fixture(scope="session")
-def cluster_ca(tmp_path_factory):
-    """The cluster CA, for clients on the controller (Patroni's REST API, PostgreSQL)."""
-    return fetch_ca(member("cluster1"), tmp_path_factory.mktemp("cluster-ca"))
-
-
-@pytest.fixture(scope="module")
-def leader_name(cluster_ca):
-    """The leader as Patroni says when the module starts."""
-    return patroni_leader(NODES.values(), cluster_ca)
-
-
-@pytest.fixture(scope="module")
-def host(leader_name):
-    """The leader's host (this replaces testinfra's per-host `host`)."""
-    return member(leader_name)
+def nodes():
+    return NODES
 
 
 @pytest.fixture(scope="session")
 def s3():
     """The scenario's S3 endpoint (moto on the network's gateway), as a client."""
-    return boto3.client(
-        "s3",
-        endpoint_url=S3_ENDPOINT,
-        region_name="us-east-1",
-        aws_access_key_id="molecule-only-access-key",
-        aws_secret_access_key="molecule-only-secret-key",
-        verify=S3_CA,
-    )
+    return s3_client(S3_ENDPOINT)
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +202,11 @@ def project_vars():
         return yaml.safe_load((Path(__file__).resolve().parents[3] / f"roles/{role}/vars/main.yml").read_text())
 
     return load
+
+
+def member_whose_turn() -> str:
+    return testing.member_whose_turn(NODES)
+
+
+def physical_backup(kind: str) -> str:
+    return testing.physical_backup(kind, NODES)

@@ -16,7 +16,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import NETWORK, NODES, TTL, leader_of, member, members, wait_healthy
+from conftest import (
+    NETWORK,
+    NODES,
+    TTL,
+    leader_of,
+    member,
+    members,
+    physical_backup,
+    repo_info,
+    wait_archived,
+    wait_healthy,
+)
 
 from pgops import runner
 from pgops.faults import docker, in_container, lost_commits, sql_in, wait_until
@@ -237,6 +248,40 @@ def test_node_loss_fails_over_by_itself_and_loses_nothing(
     assert wait_healthy(cluster_ca) == new
     print(f"node loss: killed member streaming again {time.monotonic() - started:.1f} s after docker start")
     assert members(cluster_ca)[old]["role"] in ("replica", "quorum_standby", "sync_standby")
+
+
+def test_after_the_failover_the_new_leader_archives_backs_up_and_recovers_across_it(cluster_ca):
+    """No re-deploy after the failover above: the new leader archives at once,
+    the next backup (an incremental on the previous timeline's full) succeeds
+    on the member whose turn it is, and a point-in-time restore to a moment on
+    the new timeline starts from a backup of the old one and replays across
+    the switch."""
+    leader = member(wait_healthy(cluster_ca))
+    timeline = int(psql(leader, "SELECT timeline_id FROM pg_control_checkpoint()"))
+    newest = repo_info(leader)["backup"][-1]
+    assert int(newest["archive"]["start"][:8], 16) < timeline, "no backup from before the failover"
+    psql(leader, f"CREATE TABLE failover_marker (tl int); INSERT INTO failover_marker VALUES ({timeline})")
+    time.sleep(1.1)
+    target = psql(leader, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
+    time.sleep(1.1)
+    psql(leader, "INSERT INTO failover_marker VALUES (-1)")  # recovery to a time stops at the next commit
+    wait_archived(leader)
+    time.sleep(1.1)
+    physical_backup("incr")
+    assert repo_info(leader)["backup"][-1]["type"] == "incr"
+    try:
+        run = run_playbook(
+            "playbooks/restore.yml",
+            {"restore_host": leader.backend.host, "restore_mode": "pitr", "restore_target_time": target,
+             "restore_cluster": "pitr_tl", "restore_port": 5435},
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:]
+        copy = "runuser -u postgres -- psql -XAtq -p 5435 -d postgres -c %s"
+        assert leader.run(copy, "SELECT tl FROM failover_marker").stdout.strip() == str(timeline)
+        assert int(leader.run(copy, "SELECT timeline_id FROM pg_control_checkpoint()").stdout) > timeline
+    finally:
+        leader.run("pg_dropcluster --stop $(pg_lsclusters -h | awk '$2 == \"pitr_tl\" {print $1}') pitr_tl")
+        psql(leader, "DROP TABLE IF EXISTS failover_marker")
 
 
 def test_partition_fences_the_old_leader(host, cluster_ca, writer_conninfo):

@@ -2,7 +2,7 @@
 through ansible-runner's Python API (pgops.runner), with its survey applied
 the way AWX applies it, against the scenario's server and S3 endpoint. Every
 test asserts the job's status and its effect. The tests run in file order
-(each takes the `host` fixture) after test_backup.py."""
+(each takes the `host` fixture) after the security suites."""
 
 import json
 import os
@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import bucket_keys, physical_backup, repo_info
 
 from pgops import runner
 from pgops.testing import plant_default_partition_row, psql, remove_default_partition_rows
@@ -19,10 +20,6 @@ BUCKET = "pgops-molecule-backups"
 
 def launch(name, answers=None, check=False):
     return runner.launch_template(name, Path(os.environ["MOLECULE_INVENTORY_FILE"]), answers, check, job_timeout=900)
-
-
-def keys(s3, prefix):
-    return {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])}
 
 
 def refund_partitions(host):
@@ -72,25 +69,32 @@ def test_status_names_the_leader(host):
     assert re.search(rf"""["']?leader["']?: ["']?{host.backend.host}\b""", job.stdout), job.stdout[-3000:]
 
 
-def test_backup_now_uploads_a_dump_and_a_base_backup(host, s3):
-    before_dumps = keys(s3, "pgops/payments/logical/manifests/")
-    before_base = {k for k in keys(s3, "pgops/payments/barman/") if k.endswith("backup.info")}
-    job = launch("Backup now", {"backup_now_kind": "both"})
+def test_backup_now_uploads_a_dump_and_a_physical_backup(host, s3):
+    """Backup now, logical then incremental, on the full and differential the
+    timers take (the backup scenario proves each kind and its retention; here
+    they feed the drill, the monitoring suite and the failover trial)."""
+    for kind in ("full", "diff"):
+        physical_backup(kind)
+    before_dumps = bucket_keys(s3, "pgops/payments/logical/manifests/")
+    job = launch("Backup now", {"backup_now_kind": "logical"})
     assert job.status == "successful", job.stdout[-3000:]
     status = json.loads(host.file("/var/lib/pgops/backup/last_success.json").content_string)
-    assert keys(s3, "pgops/payments/logical/manifests/") - before_dumps == {
+    assert bucket_keys(s3, "pgops/payments/logical/manifests/") - before_dumps == {
         f"pgops/payments/logical/manifests/{status['id']}.json"
     }
     assert f"last good logical backup {status['id']}" in job.stdout
-    after_base = {k for k in keys(s3, "pgops/payments/barman/") if k.endswith("backup.info")}
-    assert len(after_base - before_base) == 1
+    before = [b["label"] for b in repo_info(host)["backup"]]
+    job = launch("Backup now", {"backup_now_kind": "incr"})
+    assert job.status == "successful", job.stdout[-3000:]
+    after = repo_info(host)["backup"]
+    assert after[-1]["label"] not in before and after[-1]["type"] == "incr"
 
 
 def test_backup_now_refuses_an_unknown_kind_before_anything_runs(host):
     with pytest.raises(runner.LaunchError, match="not one of"):
         launch("Backup now", {"backup_now_kind": "incremental"})
     job = runner.run("playbooks/backup_now.yml", Path(os.environ["MOLECULE_INVENTORY_FILE"]), {"backup_now_kind": "x"})
-    assert job.status == "failed" and "backup_now_kind must be one of: logical, base, both" in job.stdout
+    assert job.status == "failed" and "backup_now_kind must be one of: logical, full, diff, incr" in job.stdout
     assert max(job.changed().values(), default=0) == 0
 
 
@@ -104,11 +108,20 @@ def test_restore_drill_with_the_default_host(host):
 
 
 def test_leader_only_operations_refuse_when_the_leader_is_left_out(host):
-    """--limit without the leader: refused, not a silent success that did nothing."""
+    """--limit without the member that should act: refused, not a silent
+    success that did nothing."""
     standby = next(n for n in ("cluster1", "cluster2", "cluster3") if n != host.backend.host)
     job = runner.run("playbooks/backup_now.yml", Path(os.environ["MOLECULE_INVENTORY_FILE"]), limit=standby)
     assert job.status == "failed"
     assert f"The leader, {host.backend.host}, is not in the play" in job.stdout and "no backup was taken" in job.stdout
+    # A physical backup is a standby's to take: --limit to the leader alone.
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"])
+    job = runner.run("playbooks/backup_now.yml", inventory, {"backup_now_kind": "incr"}, limit=host.backend.host)
+    assert job.status == "failed"
+    assert "backup, and it is not in the play (--limit, or unreachable): no backup was taken" in " ".join(
+        job.stdout.split()
+    )
+    assert max(job.changed().values(), default=0) == 0
 
 
 def test_restore_drill_never_touches_the_servers_own_cluster(host):

@@ -28,6 +28,15 @@ options:
     description: "Grants to PUBLIC that are expected, as database:kind:object glob patterns."
   backup_status_file: {type: path, description: JSON file with finished_at of the last good backup.}
   backup_max_age_hours: {type: int, default: 26, description: Older than this is high.}
+  repository_summary_command:
+    type: list
+    elements: str
+    default: []
+    description: Command printing the backup repository in brief as JSON (pgops-pgbackrest summary); empty skips it.
+  repository_max_age_hours:
+    type: dict
+    default: {}
+    description: Hours after which the last backup of each kind (full, diff, incr) is high.
   cert_warn_days: {type: int, default: 30, description: Server certificate expiring sooner is high.}
   host: {type: str, default: "", description: Name given to every finding (the inventory name).}
   database: {type: str, default: payments, description: Database of the protected tables.}
@@ -294,6 +303,51 @@ def backup_age(path, max_hours, now):
     return [finding(severity, "backup", path, f"last good backup {hours:.1f} h ago")], round(hours, 2)
 
 
+ARCHIVER_SQL = """
+SELECT archived_count, failed_count, last_archived_wal, last_failed_wal,
+       last_archived_time, last_failed_time,
+       coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) AS failing,
+       current_setting('archive_mode') AS archive_mode
+  FROM pg_stat_archiver
+"""
+
+
+def check_archiver(row):
+    """WAL archiving as the primary sees it: failing (the last attempt failed
+    after the last success) is high; otherwise the last archived segment."""
+    if row["archive_mode"] == "off":
+        return [finding("high", "archiving", "archive_mode", "WAL archiving is off: no point-in-time recovery")]
+    failures = f"{row['failed_count']} failures since the statistics reset"
+    if row["failing"]:
+        detail = (f"WAL archiving is failing: last failure {row['last_failed_time']}, "
+                  f"last success {row['last_archived_time']} ({failures})")  # fmt: skip
+        return [finding("high", "archiving", row["last_failed_wal"] or "-", detail)]
+    detail = f"last archived WAL at {row['last_archived_time']}, {row['archived_count']} archived, {failures}"
+    return [finding("info", "archiving", row["last_archived_wal"] or "-", detail)]
+
+
+def check_repository(summary, max_age_hours, now):
+    """The backup repository in brief (pgops-pgbackrest summary): the last
+    good backup of each kind and its age (older than allowed is high; a kind
+    not taken yet, as on a new cluster, is said), and the repository's size."""
+    findings = []
+    for kind, hours_allowed in sorted((k, float(v)) for k, v in max_age_hours.items()):
+        last = summary.get("last", {}).get(kind)
+        if not last:
+            findings.append(finding("info", "repository", kind, f"no good {kind} backup in the repository yet"))
+            continue
+        hours = (now.timestamp() - last["stopped_at"]) / 3600
+        severity = "high" if hours > hours_allowed else "info"
+        findings.append(
+            finding(severity, "repository", kind, f"last good {kind} backup {last['label']} {hours:.1f} h ago")
+        )
+    size_mb = summary.get("repository_bytes", 0) / 1048576
+    detail = (f"{summary.get('backups', 0)} backups, {size_mb:.1f} MB in the repository (WAL not included), "
+              f"archive {summary.get('archive_min')} to {summary.get('archive_max')}")  # fmt: skip
+    findings.append(finding("info", "repository", summary.get("stanza", "-"), detail))
+    return findings
+
+
 # Grants to PUBLIC (grantee 0) on objects that are not part of an extension
 # nor of the system schemas.
 PUBLIC_SQL = """
@@ -406,6 +460,8 @@ def collect(module, psycopg, params, now, since):
     with psycopg.connect(dbname="postgres", autocommit=True, **conninfo) as conn:
         cur = conn.cursor(row_factory=psycopg.rows.dict_row)
         summary["in_recovery"] = cur.execute("SELECT pg_is_in_recovery() AS r").fetchone()["r"]
+        if not summary["in_recovery"]:
+            findings += check_archiver(cur.execute(ARCHIVER_SQL).fetchone())
         roles = cur.execute(ROLES_SQL).fetchall()
         superusers = {r["rolname"] for r in roles if r["rolsuper"]}
         findings += check_privileged(roles, set(params["allowed_privileged"]))
@@ -489,6 +545,13 @@ def collect(module, psycopg, params, now, since):
         params["backup_status_file"], params["backup_max_age_hours"], now
     )
     findings += backup_findings
+    if params["repository_summary_command"] and not summary["in_recovery"]:
+        rc, out, err = module.run_command(params["repository_summary_command"])
+        if rc != 0:
+            findings.append(finding("high", "repository", "-", f"the repository cannot be read: {err.strip()[-300:]}"))
+        else:
+            summary["repository"] = json.loads(out)
+            findings += check_repository(summary["repository"], params["repository_max_age_hours"], now)
     return findings, summary
 
 
@@ -517,6 +580,8 @@ def main():
             "public_allowed": {"type": "list", "elements": "str", "default": []},
             "backup_status_file": {"type": "path"},
             "backup_max_age_hours": {"type": "int", "default": 26},
+            "repository_summary_command": {"type": "list", "elements": "str", "default": []},
+            "repository_max_age_hours": {"type": "dict", "default": {}},
             "cert_warn_days": {"type": "int", "default": 30},
             "host": {"type": "str", "default": ""},
             "database": {"type": "str", "default": "payments"},

@@ -1,0 +1,1 @@
+../../../pgops/physical.py
