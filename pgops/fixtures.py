@@ -8,9 +8,33 @@ members and addresses)."""
 
 import pytest
 
-from pgops.testing import connect, create_login_role, fetch_ca, host_address, member, patroni_leader, psql
+from pgops import testing
+from pgops.testing import connect, create_login_role, fetch_ca, host_address, member, patroni_leader, psql, s3_client
 
 DB = "payments"
+
+
+def scenario(nodes: dict[str, str], s3_endpoint: str):
+    """What a multi-member scenario's conftest.py gives its suites, from its
+    members (name: address) and its S3 endpoint: the `nodes` and `s3`
+    fixtures, and member_whose_turn() and physical_backup(kind) on them."""
+
+    @pytest.fixture(scope="session", name="nodes")
+    def nodes_fixture():
+        return nodes
+
+    @pytest.fixture(scope="session", name="s3")
+    def s3_fixture():
+        """The scenario's S3 endpoint (moto on the network's gateway), as a client."""
+        return s3_client(s3_endpoint)
+
+    def member_whose_turn() -> str:
+        return testing.member_whose_turn(nodes)
+
+    def physical_backup(kind: str) -> str:
+        return testing.physical_backup(kind, nodes)
+
+    return nodes_fixture, s3_fixture, member_whose_turn, physical_backup
 
 
 @pytest.fixture(scope="session")

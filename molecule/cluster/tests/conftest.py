@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgops import faults, fixtures, testing
+from pgops import faults, fixtures
 from pgops.faults import wait_until
 from pgops.testing import (  # noqa: F401 (the suites import these from here)
     S3_CA,
@@ -29,7 +29,6 @@ from pgops.testing import (  # noqa: F401 (the suites import these from here)
     member,
     repo_info,
     run_playbook,
-    s3_client,
     wait_archived,
 )
 
@@ -94,6 +93,7 @@ def wait_healthy(ca, timeout=HEALTHY_WITHIN):
 
 
 cluster_ca, leader_name, host = fixtures.cluster_ca, fixtures.leader_name, fixtures.host
+nodes, s3, member_whose_turn, physical_backup = fixtures.scenario(NODES, S3_ENDPOINT)
 tester, db = fixtures.tester, fixtures.db
 
 
@@ -103,17 +103,6 @@ def pytest_collection_modifyitems(items):
         return ORDER.index(name) if name in ORDER else ORDER.index("test_ha") - 0.5
 
     items.sort(key=rank)  # stable: a module keeps its own order
-
-
-@pytest.fixture(scope="session")
-def nodes():
-    return NODES
-
-
-@pytest.fixture(scope="session")
-def s3():
-    """The scenario's S3 endpoint (moto on the network's gateway), as a client."""
-    return s3_client(S3_ENDPOINT)
 
 
 @pytest.fixture(scope="module")
@@ -202,11 +191,3 @@ def project_vars():
         return yaml.safe_load((Path(__file__).resolve().parents[3] / f"roles/{role}/vars/main.yml").read_text())
 
     return load
-
-
-def member_whose_turn() -> str:
-    return testing.member_whose_turn(NODES)
-
-
-def physical_backup(kind: str) -> str:
-    return testing.physical_backup(kind, NODES)
