@@ -347,11 +347,15 @@ def test_restore_drill_passes_then_fails_on_a_corrupted_dump(host, s3):
     bad = run_playbook("playbooks/restore_drill.yml", {"restore_drill_host": host.backend.host})
     assert bad.returncode != 0 and "is corrupt" in bad.stdout
     s3.put_object(Bucket=BUCKET, Key=key, Body=original)
-    # One file of the newest physical backup, changed in the bucket: verify
-    # finds it (its report; 2.45 exits 0) and the drill fails on it.
+    # One object of the newest physical backup, changed in the bucket: a
+    # bundle (backup_repo_bundle), which holds many of the cluster's small
+    # files. verify finds the bad file in it (its report; 2.45 exits 0) and
+    # the drill fails on it.
     label = repo_info(host)["backup"][-1]["label"]
-    prefix = f"pgops/payments/pgbackrest/backup/payments/{label}/pg_data/global/"
-    repo_key = next(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"])
+    prefix = f"pgops/payments/pgbackrest/backup/payments/{label}/bundle/"
+    bundles = sorted(bucket_keys(s3, prefix))
+    assert bundles, f"backup {label} has no bundle: backup_repo_bundle is not in effect"
+    repo_key = bundles[0]
     repo_original = s3.get_object(Bucket=BUCKET, Key=repo_key)["Body"].read()
     damaged = bytearray(repo_original)
     damaged[len(damaged) // 2] ^= 0xFF
