@@ -2,8 +2,9 @@
 # Backup and restore throughput on the lab, in one run: loads sample data at
 # SCALE (once), then on the member whose turn it is to back up (a streaming
 # standby) alternates (raw, pgbackrest, pgbackrest, raw) x ROUNDS:
-#   raw         an uncompressed tar of the data directory streamed to the same
-#               S3 endpoint with boto3 (multipart, one stream): the lab's raw
+#   raw         an uncompressed tar of the data directory (without pg_wal,
+#               which a backup does not copy either) streamed to the same S3
+#               endpoint with boto3 (multipart, one stream): the lab's raw
 #               upload throughput, what the backup is measured against
 #   pgbackrest  a full backup as the timer takes it (pgops-pgbackrest-full:
 #               zst, encrypted, process-max from the CPUs, from the standby)
@@ -47,7 +48,7 @@ print(round(time.monotonic() - t, 2))' "$@"
 # The raw upload: tar (no compression) piped into boto3's upload_fileobj, with
 # the backup role's S3 settings (keys, endpoint, CA) as the postgres user has them.
 raw_upload() {
-  docker exec "$turn" runuser -u postgres -- sh -c "tar -C '$datadir' -cf - . 2>/dev/null | \
+  docker exec "$turn" runuser -u postgres -- sh -c "tar -C '$datadir' --exclude=./pg_wal -cf - . 2>/dev/null | \
     AWS_CONFIG_FILE=\$HOME/.aws/config AWS_SHARED_CREDENTIALS_FILE=\$HOME/.aws/credentials python3 -c '
 import json, sys, boto3
 cfg = json.load(open(\"/etc/pgops/backup.json\"))
