@@ -75,6 +75,7 @@ unit:
 # .cache/molecule-NAME.log, printed when they end. `cluster` is the longest;
 # `default` and `backup` are over before it reaches its fault trials.
 molecule:
+	@test -f lab/.state/ssh/id_ed25519.pub || { echo "no lab SSH key (lab/.state/ssh): run make bootstrap first"; exit 1; }
 	@mkdir -p .cache; set -- $(SCENARIOS); last=$${!#}; rc=0; \
 	for s in "$$@"; do [ "$$s" = "$$last" ] && continue; echo "== molecule scenario $$s (in the background: .cache/molecule-$$s.log)"; \
 	  ( $(STEP) "molecule $$s" -- molecule test -s $$s >.cache/molecule-$$s.log 2>&1; echo $$? >.cache/molecule-$$s.rc ) & done; \

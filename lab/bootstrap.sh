@@ -5,13 +5,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(docker.io debootstrap python3-venv make curl git ca-certificates openssl stunnel4 graphviz)
+packages=(docker.io debootstrap python3-venv make curl git ca-certificates openssl stunnel4 graphviz openssh-client)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
   echo "installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The lab's SSH key: Ansible reaches the Molecule scenarios' hosts over SSH,
+# as it reaches production's; their containers mount the public half as
+# root's authorized_keys.
+if [[ ! -f lab/.state/ssh/id_ed25519 ]]; then
+  mkdir -p -m 700 lab/.state/ssh
+  ssh-keygen -q -t ed25519 -N '' -C pgops-lab -f lab/.state/ssh/id_ed25519
 fi
 
 if ! docker info >/dev/null 2>&1; then

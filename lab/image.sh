@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The lab images, each built only when missing:
-#   pgops-lab/bookworm-systemd:1   Debian bookworm, minbase + systemd, from
-#                                  debootstrap (docker import); the `default`
-#                                  Molecule scenario installs everything on it.
+#   pgops-lab/bookworm-systemd:2   Debian bookworm, minbase + systemd and
+#                                  OpenSSH's server, from debootstrap (docker
+#                                  import); the `default` Molecule scenario
+#                                  installs everything on it.
 #   pgops-lab/bookworm-packages:<hash> (and :latest)
 #                                  the same with every package the roles install
 #                                  (site.yml --tags packages run in a container of
@@ -13,7 +14,7 @@
 # LAB_IMAGE_REBUILD=1 rebuilds the base image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-image=${LAB_IMAGE:-pgops-lab/bookworm-systemd:1}
+image=${LAB_IMAGE:-pgops-lab/bookworm-systemd:2}
 mirror=${LAB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 if [[ ${LAB_IMAGE_REBUILD:-0} != 1 ]] && docker image inspect "$image" >/dev/null 2>&1; then
@@ -23,7 +24,7 @@ else
   trap 'rm -rf "$root"' EXIT
   echo "building lab image $image with debootstrap (a few minutes)"
   debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,iproute2,procps,ca-certificates,gnupg \
+    --include=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,iproute2,procps,ca-certificates,gnupg,openssh-server \
     bookworm "$root" "$mirror" >/dev/null
 
   # A container needs no getty, no udev triggers, no time sync; mask them so
