@@ -22,8 +22,13 @@
 # order 1..6 then 6..1 (drift cancels out), ROUNDS times; the table gives
 # each layer's median and its ratio to layer 1.
 # LAYERS picks some of them (in that order), HISTORY as bench/payment_workload.sh.
+# MEMORY_MB=N runs each single server under a memory limit of N MB (its
+# systemd unit's MemoryMax: shared memory, backends and the page cache it
+# reads through), as on a host whose data does not fit its RAM; the host's
+# page cache is dropped once the servers run, so that what they read is
+# charged to them and a miss beyond the limit is a read from the disk.
 #   bench/layers.sh ; env: SCALE=10 CLIENTS=8 DURATION=20 WARMUP=5 ROUNDS=1
-#                          LAYERS="1-stock 2-tuned" HISTORY=0
+#                          LAYERS="1-stock 2-tuned" HISTORY=0 MEMORY_MB=
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -66,8 +71,9 @@ new_cluster() {  # name port: an empty cluster with Debian's stock settings
   docker exec "$host" sh -c "mkdir -p $etc/$name/conf.d && echo \"shared_preload_libraries = 'pgaudit'\" > $etc/$name/conf.d/40-bench.conf"
 }
 server_stats() {  # port: what the tuning changes, over all the runs on that server
-  psql_ -p "$1" -d payments -c "SELECT format('shared_buffers hit ratio %s, checkpoints %s, WAL %s kB per commit (%s %% full-page images)',
-      round(d.blks_hit::numeric / nullif(d.blks_hit + d.blks_read, 0), 4), b.checkpoints_timed + b.checkpoints_req,
+  psql_ -p "$1" -d payments -c "SELECT format('shared_buffers hit ratio %s (%s reads per commit), checkpoints %s, WAL %s kB per commit (%s %% full-page images)',
+      round(d.blks_hit::numeric / nullif(d.blks_hit + d.blks_read, 0), 4), round(d.blks_read::numeric / nullif(d.xact_commit, 0), 2),
+      b.checkpoints_timed + b.checkpoints_req,
       round(w.wal_bytes / nullif(d.xact_commit, 0) / 1024, 2), round(100.0 * w.wal_fpi / nullif(w.wal_records, 0), 1))
     FROM pg_stat_database d, pg_stat_bgwriter b, pg_stat_wal w WHERE d.datname = 'payments'"
 }
@@ -130,6 +136,20 @@ run() {  # layer round
 
 state=off
 audit off
+if [[ -n ${MEMORY_MB:-} ]]; then
+  for name in stock tuned; do
+    unit=postgresql@$version-$name.service
+    docker exec "$host" systemctl set-property --runtime "$unit" MemoryMax="${MEMORY_MB}M"
+    cgroup=$(docker exec "$host" systemctl show -P ControlGroup "$unit")
+    # cgroup v2's memory.max, or v1's memory controller (page cache charged in both).
+    limit=$(docker exec "$host" sh -c "cat /sys/fs/cgroup$cgroup/memory.max 2>/dev/null \
+      || cat /sys/fs/cgroup/memory$cgroup/memory.limit_in_bytes 2>/dev/null" || true)
+    [[ $limit == $((MEMORY_MB * 1024 * 1024)) ]] || { echo "MEMORY_MB: $unit's cgroup has memory.max '$limit', not ${MEMORY_MB} MB"; exit 1; }
+  done
+  sync
+  echo 1 > /proc/sys/vm/drop_caches || { echo "MEMORY_MB: cannot drop the host's page cache (run as root on the Docker host)"; exit 1; }
+  echo "single servers limited to ${MEMORY_MB} MB each; the host's page cache dropped"
+fi
 for port in 5499 5498; do
   psql_ -p "$port" -d payments -c "SELECT pg_stat_reset(), pg_stat_reset_shared('bgwriter'), pg_stat_reset_shared('wal')" >/dev/null
 done
