@@ -10,6 +10,7 @@ to it).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -22,8 +23,24 @@ GROUPS = ["admin", "developer", "readonly", "app", "pii"]
 SHORT = {"SELECT": "S", "INSERT": "I", "UPDATE": "U", "DELETE": "D"}
 
 
+REF_RE = re.compile(r"\{\{ (__access_[a-z_]+) \}\}")
+
+
+def _resolve(value, data: dict):
+    """The matrix's own references (`{{ __access_transaction_columns }}`),
+    the only templating it uses, resolved from the same file."""
+    if isinstance(value, str):
+        return REF_RE.sub(lambda m: " ".join(str(data[m.group(1)]).split()), value)
+    if isinstance(value, list):
+        return [_resolve(v, data) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve(v, data) for k, v in value.items()}
+    return value
+
+
 def load(roles_dir: Path = ROOT / "roles") -> dict:
-    data = yaml.safe_load((roles_dir / "access/vars/main.yml").read_text())
+    raw = yaml.safe_load((roles_dir / "access/vars/main.yml").read_text())
+    data = _resolve(raw, raw)
     defaults = yaml.safe_load((roles_dir / "access/defaults/main.yml").read_text())
     names = {
         "admin": defaults["access_admin_role"],
@@ -31,14 +48,51 @@ def load(roles_dir: Path = ROOT / "roles") -> dict:
         "readonly": defaults["access_readonly_role"],
         "app": defaults["access_app_role"],
         "pii": defaults["access_pii_role"],
+        "backup": defaults["access_backup_role"],
+        "monitoring": defaults["access_monitoring_role"],
+        "owner": defaults["access_owner_role"],
+        "keyholder": defaults["access_keyholder_role"],
     }
     return {
         "readers": data["__access_readers"],
         "tables": data["__access_tables"],
         "functions": data["__access_functions"],
+        "database": data["__access_database"],
+        "builtin_roles": data["__access_builtin_roles"],
         "names": names,
         "pii_members": defaults["access_pii_members"],
     }
+
+
+def _groups(data: dict, entry: str) -> list[str]:
+    return data["readers"] if entry == "readers" else [entry]
+
+
+def table_privileges(data: dict, group: str, table: str) -> set[str]:
+    """What a logical group holds on a table, as the matrix says: SELECT,
+    UPDATE(email), ... (columns as written)."""
+    return {
+        privilege
+        for entry, privileges in data["tables"].get(table, {}).items()
+        if group in _groups(data, entry)
+        for privilege in privileges
+    }
+
+
+def may(data: dict, group: str, table: str, privilege: str, column: str | None = None) -> bool:
+    """Whether the matrix lets a group do `privilege` on a table (on a column,
+    when one is given: a table-wide grant covers every column)."""
+    for held in table_privileges(data, group, table):
+        kind, _, columns = held.partition("(")
+        if kind != privilege:
+            continue
+        if not columns or (column and column in [c.strip() for c in columns.rstrip(")").split(",")]):
+            return True
+    return False
+
+
+def may_execute(data: dict, group: str, function: str) -> bool:
+    return any(group in _groups(data, entry) for entry in data["functions"].get(function, []))
 
 
 def _privilege(text: str) -> str:
@@ -74,12 +128,21 @@ def render(data: dict) -> str:
     for function, groups in data["functions"].items():
         if groups == ["owner"]:
             continue
-        lines.append(f"| `{function}()` | " + " | ".join("x" if g in groups else "" for g in GROUPS) + " |")
+        cells = ("x" if may_execute(data, g, function) else "" for g in GROUPS)
+        lines.append(f"| `{function}()` | " + " | ".join(cells) + " |")
     members = ", ".join(f"`{names[g]}`" for g in data["pii_members"])
+    database = "; ".join(
+        f"{', '.join(names.get(g, g) for g in _groups(data, entry))}: {', '.join(privileges)}"
+        for entry, privileges in data["database"].items()
+    )
+    builtin = "; ".join(f"{names.get(g, g)}: {', '.join(roles)}" for g, roles in data["builtin_roles"].items())
     lines += [
         "",
         f"Members of `{names['pii']}` besides its login users: {members} (`access_pii_members`). Every other",
         "function of the schema is executable by nobody but its owner.",
+        "",
+        f"On the database (nobody else, and nobody has CREATE or TEMPORARY unless listed): {database}.",
+        f"Predefined roles, exactly: {builtin}.",
     ]
     return "\n".join(lines) + "\n"
 

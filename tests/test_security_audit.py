@@ -24,8 +24,8 @@ EVENTS = [  # (second past 10:00, pid, user, client, message); -1 is before the 
     (6, 6, "ann", "10.0.0.6", "LOG:  connection authorized: user=ann database=payments SSL enabled"),
 ]
 LINES = [
-    f"{(SINCE + dt.timedelta(seconds=s)):%Y-%m-%d %H:%M:%S}.000 UTC [{pid}] user={user},db=payments,app=psql,"
-    f"client={client} {message}"
+    f"{(SINCE + dt.timedelta(seconds=s)):%Y-%m-%d %H:%M:%S}.000 UTC [{pid}] client={client} user={user},db=payments,"
+    f"app=psql {message}"
     for s, pid, user, client, message in EVENTS
 ] + [
     "\tcontinuation line of a multi-line statement",
@@ -119,9 +119,10 @@ def test_backup_age(tmp_path):
     assert findings[0]["severity"] == "info"
 
 
-def fn(signature, owner, body="", secdef=False, config=None, schema="payments", public_execute=False):
+def fn(signature, owner, body="", secdef=False, config=None, schema="payments", public_execute=False, trigger=False):
     return {"signature": signature, "name": signature.split("(")[0].split(".")[-1], "schema": schema, "owner": owner,
-            "secdef": secdef, "config": config, "body": body, "public_execute": public_execute}  # fmt: skip
+            "secdef": secdef, "config": config, "body": body, "public_execute": public_execute,
+            "trigger": trigger}  # fmt: skip
 
 
 def test_calls_are_read_outside_string_literals():
@@ -164,6 +165,53 @@ def test_definers_need_a_pinned_search_path_and_no_public_execute():
     assert [f["subject"] for f in audit.check_definer_search_path(functions)] == ["a()"]
     assert [f["subject"] for f in audit.check_public_definers(functions)] == ["a()"]
     assert audit.pinned_search_path(["work_mem=1MB", 'search_path="$user", public']) == ["$user", "public"]
+
+
+def test_trigger_functions_and_paths_that_a_caller_can_reach_are_not_pinned():
+    """A trigger function runs in the session whose statement fires it; a
+    path with "$user", or without pg_temp last, is not pinned."""
+    functions = [
+        fn("t()", "x", secdef=False, config=None, trigger=True),
+        fn("u()", "x", secdef=True, config=['search_path="$user", pg_catalog, pg_temp']),
+        fn("v()", "x", secdef=True, config=["search_path=pg_catalog, public"]),
+        fn("w()", "x", secdef=False, config=["search_path=pg_catalog, pg_temp"], trigger=True),
+    ]
+    found = [(f["check"], f["subject"]) for f in audit.check_definer_search_path(functions)]
+    assert found == [("trigger_search_path", "t()"), ("definer_search_path", "u()"), ("definer_search_path", "v()")]
+
+
+def test_schemas_database_privileges_and_logins():
+    schemas = [
+        {"database": "payments", "name": "postgres", "owner": "admin", "owner_privileged": False},
+        {"database": "payments", "name": "adm_x", "owner": "admin", "owner_privileged": False},
+        {"database": "payments", "name": "payments", "owner": "payments_owner", "owner_privileged": True},
+    ]
+    assert [(f["severity"], f["check"], f["subject"]) for f in audit.check_schemas(schemas, {"postgres"})] == [
+        ("critical", "schema_squatted", "payments:postgres"),
+        ("high", "schema_owner", "payments:adm_x"),
+    ]
+    acl = [
+        {"database": "payments", "grantee": "readonlyuser", "owner": "postgres", "privilege": "TEMPORARY"},
+        {"database": "payments", "grantee": "readonlyuser", "owner": "postgres", "privilege": "CONNECT"},
+        {"database": "payments", "grantee": "postgres", "owner": "postgres", "privilege": "CREATE"},
+    ]
+    found = audit.check_database_privileges(acl, {"superusers": {"postgres"}})
+    assert [f["subject"] for f in found] == ["payments:readonlyuser TEMPORARY"]
+    role = {"rolsuper": False, "rolreplication": False, "rolcanlogin": True, "rolconnlimit": 5,
+            "signal_backend": False, "search_path": None}  # fmt: skip
+    roles = [
+        {**role, "rolname": "ok"},
+        {**role, "rolname": "unlimited", "rolconnlimit": -1},
+        {**role, "rolname": "replicator", "rolconnlimit": -1, "rolreplication": True},
+        {**role, "rolname": "signaller", "signal_backend": True},
+        {**role, "rolname": "postgres", "rolsuper": True, "search_path": "pg_catalog, public, pg_temp"},
+        {**role, "rolname": "payments_owner", "rolcanlogin": False, "search_path": '"$user", public'},
+    ]
+    assert [(f["check"], f["subject"]) for f in audit.check_logins(roles, {"payments_owner"})] == [
+        ("connection_limit", "unlimited"),
+        ("signal_backend", "signaller"),
+        ("pinned_search_path", "payments_owner"),
+    ]
 
 
 def test_writes_on_protected_tables_are_high_unless_allowed():

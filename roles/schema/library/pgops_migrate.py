@@ -194,6 +194,15 @@ def record(conn, migration, started):
     )
 
 
+def take_permit(conn, migration):
+    """A migration is reviewed and recorded in the ledger: its transaction
+    holds a permit for protected DDL (partitions and triggers of the audit
+    trail, functions of the payments and pgops schemas), recorded with the
+    migration's name, once the database has permits (V0014)."""
+    if conn.execute("SELECT to_regprocedure('pgops.permit_protected_ddl(text)') IS NOT NULL").fetchone()[0]:
+        conn.execute("SELECT pgops.permit_protected_ddl(%s)", (f"migration {migration['name']}",))
+
+
 def apply(conn, migration, p, psycopg, sleep=time.sleep):
     """Apply one migration with its timeouts; retry it when it could not get
     its locks in time. Returns its duration in ms."""
@@ -207,6 +216,7 @@ def apply(conn, migration, p, psycopg, sleep=time.sleep):
                     conn.execute("SELECT set_config('statement_timeout', %s, true)", (p["statement_timeout"],))
                     for name, value in sorted(p["settings"].items()):
                         conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
+                    take_permit(conn, migration)
                     conn.execute(migration["sql"].encode())
                     record(conn, migration, started)
             else:

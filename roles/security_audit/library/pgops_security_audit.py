@@ -9,9 +9,12 @@ short_description: Security findings of one PostgreSQL server, from its catalogs
 description:
   - Read-only. Connects over the local socket as the user the module runs as (postgres).
   - "Checks: privileged roles, grants to PUBLIC, pg_hba rules, TLS, password storage, failed logins per
-    user and source, superuser and admin sessions, the age of the last good backup."
+    user and source, superuser and admin sessions, the age of the last good backup; functions (definer and
+    trigger) and privileged roles with a search_path that is not pinned, schemas owned or squatted by
+    unprivileged roles, CREATE or TEMPORARY on the database, logins without a connection limit, members of
+    pg_signal_backend."
   - Log lines are read from the files in I(log_directory) and parsed with the prefix
-    '%m [%p] user=%u,db=%d,app=%a,client=%h ' (the audit role's default).
+    '%m [%p] client=%h user=%u,db=%d,app=%a ' (the audit role's default).
 options:
   login_unix_socket: {type: str, required: true, description: "Socket directory (the postgresql role's facts)."}
   login_port: {type: int, default: 5432, description: Port.}
@@ -78,7 +81,8 @@ SEVERITIES = ["info", "low", "medium", "high", "critical"]
 SCRAM = "scram-sha-256"
 PREFIX_RE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (?P<tz>\S+) \[(?P<pid>\d+)\] "
-    r"user=(?P<user>[^,]*),db=(?P<db>[^,]*),app=(?P<app>.*?),client=(?P<client>\S*) (?P<level>[A-Z0-9]+):  (?P<msg>.*)$"
+    r"client=(?P<client>\S*) user=(?P<user>[^,]*),db=(?P<db>[^,]*),app=(?P<app>.*?) "
+    r"(?P<level>LOG|FATAL|PANIC|ERROR|WARNING|NOTICE|INFO|DEBUG[1-5]?|STATEMENT|DETAIL|HINT|CONTEXT):  (?P<msg>.*)$"
 )
 FAILED_RES = [
     re.compile(r'password authentication failed for user "(?P<user>[^"]*)"'),
@@ -222,14 +226,104 @@ def pinned_search_path(proconfig):
     return None
 
 
+def is_pinned(path):
+    """A pinned search_path names its schemas: no "$user" (a schema anyone
+    could create with that name), and pg_temp (the caller's own temporary
+    schema, searched first when it is not named) last."""
+    return path is not None and "$user" not in path and bool(path) and path[-1] == "pg_temp"
+
+
 def check_definer_search_path(functions):
     """SECURITY DEFINER code without a pinned search_path runs whatever a
-    caller's search_path finds first."""
-    return [
-        finding("high", "definer_search_path", f["signature"], f"definer of {f['owner']}: search_path not pinned")
-        for f in functions
-        if f["secdef"] and pinned_search_path(f["config"]) is None
-    ]
+    caller's search_path finds first; so does a trigger function, in the
+    session (a privileged one included) whose statement fires it."""
+    findings = []
+    for f in functions:
+        if is_pinned(pinned_search_path(f["config"])):
+            continue
+        if f["secdef"]:
+            detail = f"definer of {f['owner']}: search_path not pinned"
+            findings.append(finding("high", "definer_search_path", f["signature"], detail))
+        elif f["trigger"]:
+            detail = "trigger function: search_path not pinned"
+            findings.append(finding("high", "trigger_search_path", f["signature"], detail))
+    return findings
+
+
+def check_database_privileges(acl, roles):
+    """Nobody but a superuser creates a schema in the database (it could be
+    named after a privileged role, first on that role's search_path), and
+    nobody may create temporary tables there."""
+    findings = []
+    for a in acl:
+        if a["grantee"] in roles.get("superusers", set()) or a["grantee"] == a["owner"]:
+            continue
+        if a["privilege"] in ("CREATE", "TEMPORARY"):
+            findings.append(
+                finding(
+                    "high",
+                    "database_privilege",
+                    f"{a['database']}:{a['grantee']} {a['privilege']}",
+                    "only the superuser may create schemas or temporary tables",
+                )
+            )
+    return findings
+
+
+def check_schemas(schemas, privileged):
+    """A schema owned by anyone but a superuser or an owner role is someone's
+    foothold; one named after a privileged role is on that role's path."""
+    findings = []
+    for sc in schemas:
+        if sc["name"] in privileged and not sc["owner_privileged"]:
+            findings.append(
+                finding(
+                    "critical",
+                    "schema_squatted",
+                    f"{sc['database']}:{sc['name']}",
+                    f"owned by {sc['owner']}: first on the search_path of role {sc['name']}",
+                )
+            )
+        elif not sc["owner_privileged"]:
+            findings.append(
+                finding(
+                    "high",
+                    "schema_owner",
+                    f"{sc['database']}:{sc['name']}",
+                    f"owned by {sc['owner']}, who is not a superuser nor an owner role",
+                )
+            )
+    return findings
+
+
+def check_logins(roles, pinned_roles):
+    """Every login that is not a superuser or a replication login has a
+    connection limit; nobody but a superuser may signal other roles'
+    sessions; the privileged roles' search_path is pinned."""
+    findings = []
+    for r in roles:
+        if r["rolcanlogin"] and not r["rolsuper"] and not r["rolreplication"] and r["rolconnlimit"] < 0:
+            findings.append(finding("medium", "connection_limit", r["rolname"], "no connection limit"))
+        if r["signal_backend"] and not r["rolsuper"]:
+            findings.append(
+                finding(
+                    "high",
+                    "signal_backend",
+                    r["rolname"],
+                    "member of pg_signal_backend: may end the WAL senders' sessions",
+                )
+            )
+        path = [p.strip().strip('"') for p in (r["search_path"] or "").split(",") if p.strip()] or None
+        if (r["rolsuper"] or r["rolname"] in pinned_roles) and not is_pinned(path):
+            findings.append(
+                finding(
+                    "high",
+                    "pinned_search_path",
+                    r["rolname"],
+                    f"search_path {r['search_path'] or 'default ($user, public)'}: not pinned",
+                )
+            )
+    return findings
 
 
 def check_privileged_calls(functions, procs, superusers, key_roles):
@@ -386,9 +480,23 @@ SELECT 'function', p.oid::regprocedure::text, 'EXECUTE'
                                                AND d.deptype = 'e')
 """
 ROLES_SQL = """
-SELECT rolname, rolsuper, rolcreaterole, rolbypassrls, rolreplication, rolcanlogin,
-       coalesce(rolpassword, '') ~ '^md5' AS md5_password
-  FROM pg_authid WHERE rolname !~ '^pg_'
+SELECT a.rolname, a.rolsuper, a.rolcreaterole, a.rolbypassrls, a.rolreplication, a.rolcanlogin, a.rolconnlimit,
+       coalesce(a.rolpassword, '') ~ '^md5' AS md5_password,
+       pg_has_role(a.oid, 'pg_signal_backend', 'MEMBER') AS signal_backend,
+       (SELECT string_agg(split_part(c, '=', 2), ',') FROM pg_db_role_setting s CROSS JOIN LATERAL unnest(s.setconfig) c
+         WHERE s.setrole = a.oid AND s.setdatabase = 0 AND c LIKE 'search_path=%%') AS search_path
+  FROM pg_authid a WHERE a.rolname !~ '^pg_'
+"""
+DATABASE_ACL_SQL = """
+SELECT d.datname AS database, CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END AS grantee,
+       pg_get_userbyid(d.datdba) AS owner, a.privilege_type AS privilege
+  FROM pg_database d CROSS JOIN LATERAL aclexplode(d.datacl) a WHERE d.datname = current_database()
+"""
+SCHEMAS_SQL = """
+SELECT current_database() AS database, n.nspname AS name, pg_get_userbyid(n.nspowner) AS owner,
+       (o.rolsuper OR o.rolname = ANY(%(owners)s) OR o.rolname = 'pg_database_owner') AS owner_privileged
+  FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+ WHERE n.nspname !~ '^pg_(temp|toast_temp)_[0-9]+$'
 """
 
 
@@ -397,6 +505,7 @@ SELECT rolname, rolsuper, rolcreaterole, rolbypassrls, rolreplication, rolcanlog
 FUNCTIONS_SQL = """
 SELECT p.oid::regprocedure::text AS signature, n.nspname AS schema, p.proname AS name,
        pg_get_userbyid(p.proowner) AS owner, p.prosecdef AS secdef, p.proconfig AS config,
+       p.prorettype IN ('trigger'::regtype, 'event_trigger'::regtype) AS trigger,
        coalesce(pg_get_function_sqlbody(p.oid), p.prosrc) AS body,
        (p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a
                                      WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')) AS public_execute
@@ -465,6 +574,7 @@ def collect(module, psycopg, params, now, since):
         roles = cur.execute(ROLES_SQL).fetchall()
         superusers = {r["rolname"] for r in roles if r["rolsuper"]}
         findings += check_privileged(roles, set(params["allowed_privileged"]))
+        findings += check_logins(roles, set(params["owner_roles"] + params["key_roles"]))
         for r in roles:
             if r["md5_password"]:
                 findings.append(finding("high", "password_storage", r["rolname"], "MD5 password hash"))
@@ -519,7 +629,12 @@ def collect(module, psycopg, params, now, since):
             findings += check_definer_search_path(functions)
             findings += check_public_definers(functions)
             findings += check_privileged_calls(functions, procs, superusers, set(params["key_roles"]))
+            privileged = superusers | set(params["owner_roles"] + params["key_roles"])
+            schemas = cur.execute(SCHEMAS_SQL, {"owners": params["owner_roles"] + params["key_roles"]}).fetchall()
+            findings += check_schemas(schemas, privileged)
             if db == params["database"]:
+                acl = cur.execute(DATABASE_ACL_SQL).fetchall()
+                findings += check_database_privileges(acl, {"superusers": superusers})
                 args = {"tables": params["protected_tables"], "columns": params["protected_columns"]}
                 findings += check_protected_dml(cur.execute(PROTECTED_DML_SQL, args).fetchall(),
                                                 set(params["dml_allowed_roles"]))  # fmt: skip
