@@ -14,6 +14,9 @@
 --   pinned_search_path the search_path of the privileged roles (the
 --                     superuser running this, the owner, the key owner):
 --                     no "$user" schema another role could create
+--   superuser_database_settings {parameter: value} for the superuser's
+--                     sessions in this database (lock_timeout: its DDL
+--                     gives up rather than queue payments behind it)
 -- and pgops.reconcile_logins() sets each login user's connection limit and
 -- its settings (timeouts, temp_file_limit). The fingerprint that says
 -- whether anything changed now covers all of these, and the schemas of the
@@ -211,6 +214,23 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
+
+    -- The superuser's sessions in this database (pg_partman's worker, the
+    -- roles' tasks) give up on a lock after a bound instead of queueing
+    -- every payment behind their DDL.
+    FOR v_grant IN SELECT e.key, e.value FROM jsonb_each_text(p_config -> 'superuser_database_settings') e LOOP
+        IF v_grant.key !~ '^[a-z_]+$' THEN
+            RAISE EXCEPTION 'reconcile_access: % is not a parameter name', v_grant.key
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_db_role_setting r
+                        WHERE r.setrole = session_user::regrole
+                          AND r.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+                          AND format('%s=%s', v_grant.key, v_grant.value) = ANY (r.setconfig)) THEN
+            EXECUTE format('ALTER ROLE %I IN DATABASE %I SET %s = %L', session_user, current_database(),
+                           v_grant.key, v_grant.value);
+        END IF;
+    END LOOP;
 
     -- The database: nothing for PUBLIC, exactly the listed privileges for
     -- each group. CREATE for nobody: a schema named after a privileged role

@@ -13,7 +13,8 @@ import pytest
 from conftest import PLAIN, USERS
 from psycopg import errors
 
-from pgops.testing import connect, create_payer, fetch_ca, host_address, psql
+from pgops.faults import wait_until
+from pgops.testing import connect, create_payer, fetch_ca, host_address, psql, psql_fails
 
 # Everything the database holds that an attack could change. Small tables:
 # the catalogue runs on a test deploy.
@@ -280,7 +281,7 @@ def test_session_settings_do_not_change_what_the_functions_do(login, target):
         ).fetchone()[0]
         version, matches, clear = conn.execute(
             "SELECT c.full_name_key_version, payments.check_customer_password(c.username, 'settings password 1'), "
-            "payments.pii_decrypt(c.full_name_enc, c.full_name_key_version) FROM payments.customer c WHERE c.id = %s",
+            "payments.customer_full_name(c.id) FROM payments.customer c WHERE c.id = %s",
             (customer,),
         ).fetchone()
         assert (version, matches, clear) == (1, True, "Sam Settings")
@@ -291,26 +292,30 @@ def test_session_settings_do_not_change_what_the_functions_do(login, target):
         conn.execute("ALTER TABLE payments.refund DETACH PARTITION {refund_partition}".format(**target))
 
 
-def test_a_shadowing_search_path_changes_nothing(login, target):
-    """admin may create its own schemas; functions named like the built-ins
-    the payment functions call are never reached (search_path is pinned).
-    One transaction, rolled back."""
+def test_a_shadowing_search_path_changes_nothing(host, login, target):
+    """A schema of admin's (planted by the superuser: no login may create
+    one) holds functions named like the built-ins the payment functions
+    call; they are never reached (search_path is pinned). One transaction,
+    rolled back; the schema is dropped afterwards."""
     schema = f"adm_{secrets.token_hex(3)}"
-    with login(USERS["admin"], autocommit=False) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-        for signature in ("sha256(bytea)", "hashtextextended(text, bigint)", "concat_ws(text, variadic text[])"):
-            conn.execute(
-                f"CREATE FUNCTION {schema}.{signature} RETURNS bytea LANGUAGE plpgsql AS "
-                "$$ BEGIN RAISE EXCEPTION 'shadow reached'; END $$"
-            )
-        conn.execute(f"SET LOCAL search_path = {schema}, pg_catalog, public")
-        status = conn.execute(
-            "SELECT status FROM payments.authorize(%s, %s, %s, %s, 700::bigint, 'EUR', '192.0.2.9'::inet, "
-            "'desktop', 0.1::numeric, 'model-1')",
-            (target["merchant"], f"shadow-{secrets.token_hex(4)}", target["customer"], target["method"]),
-        ).fetchone()[0]
-        assert status == "authorized"
-        conn.rollback()
+    psql(host, f"CREATE SCHEMA {schema} AUTHORIZATION admin", db="payments")
+    try:
+        with login(USERS["admin"], autocommit=False) as conn:
+            conn.execute("SET ROLE admin")
+            for signature in ("sha256(bytea)", "hashtextextended(text, bigint)", "concat_ws(text, variadic text[])"):
+                conn.execute(
+                    f"CREATE FUNCTION {schema}.{signature} RETURNS bytea LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'shadow reached'; END $$"
+                )
+            conn.execute("RESET ROLE")
+            conn.execute(f"SET LOCAL search_path = {schema}, pg_catalog, public")
+            status = conn.execute(
+                "SELECT payments.capture(%s, %s, %s, 'shadow')", (target["txn"], target["at"], f"cap-{target['txn']}")
+            ).fetchone()[0]
+            assert status == "succeeded"  # the first capture's answer, replayed through the shadowed path
+            conn.rollback()
+    finally:
+        psql(host, f"DROP SCHEMA {schema} CASCADE", db="payments")
 
 
 def test_retried_refund_replays_and_changed_authorize_is_refused(login, target, before):
@@ -349,6 +354,254 @@ def test_the_audit_trail_names_the_login_not_the_caller(host, target):
         db="payments",
     )
     assert row == "m_app alice.ops"
+
+
+# The second ring (issue 28): (name, SQL, SQLSTATE, groups that may run it
+# and are refused otherwise, with the state they refuse it in), tried by
+# every group over TLS on the direct path and through PgBouncer.
+POOLER_PORT = 6432
+MIGRATION_LOCK = 0x7067_6F70_735F_6D67  # roles/schema/library/pgops_migrate.py
+RING2 = [
+    # Code planted where a privileged session looks.
+    ("a schema named after the superuser", "CREATE SCHEMA postgres", "42501", {}),
+    ("a schema named after the owner", "CREATE SCHEMA payments_owner", "42501", {}),
+    ("a schema named after oneself", "CREATE SCHEMA AUTHORIZATION CURRENT_USER", "42501", {}),
+    ("an operator that beats pg_catalog's",
+     "CREATE OPERATOR public.<> (LEFTARG = regrole, RIGHTARG = regrole, FUNCTION = pg_catalog.oidne)", "42501", {}),
+    ("an operator in the payments schema",
+     "CREATE OPERATOR payments.<> (LEFTARG = regrole, RIGHTARG = regrole, FUNCTION = pg_catalog.oidne)", "42501", {}),
+    ("a temporary function named like pgcrypto's",
+     "CREATE FUNCTION pg_temp.crypt(text, text) RETURNS text LANGUAGE sql AS 'SELECT $1'", "42501", {}),
+    ("a temporary table named like a payments table",
+     "CREATE TEMPORARY TABLE transaction_status_transition (from_status text, to_status text)", "42501", {}),
+    # The state machine: a payment in the wrong status (the target is captured and partly refunded).
+    ("capture a captured payment with a new key", "SELECT payments.capture({txn}, '{at}', 'again-{nonce}', 'x')",
+     "42501", {"payments_app": "PX412", "admin": "PX412"}),
+    ("cancel a captured payment", "SELECT payments.cancel({txn}, '{at}', 'too late', 'cancel-{nonce}', 'x')",
+     "42501", {"payments_app": "PX412", "admin": "PX412"}),
+    # Grants as documented: only the application authorizes.
+    ("authorize a payment as a person",
+     "SELECT * FROM payments.authorize({merchant}, 'auth-{nonce}', {customer}, {method}, 100::bigint, 'EUR', "
+     "'192.0.2.9'::inet, 'desktop', 0.1::numeric, 'model-1')", "42501", {"payments_app": None}),
+    # PII by need.
+    ("read every e-mail", "SELECT email FROM payments.customer", "42501", {"payments_app": None}),
+    ("read every client address", "SELECT client_ip FROM payments.transaction", "42501", {"payments_app": None}),
+    ("read client addresses in a partition", "SELECT client_ip FROM {partition}", "42501", {"payments_app": None}),
+    ("read a whole customer row", "SELECT * FROM payments.customer", "42501", {}),
+    ("rewrite an e-mail (account recovery)",
+     "UPDATE payments.customer SET email = 'attacker@example.test' WHERE id = {customer}", "42501", {}),
+    ("decrypt with the bulk function",
+     "SELECT payments.pii_decrypt(full_name_enc, full_name_key_version) FROM payments.customer", "42501", {}),
+    ("decrypt every customer's name in one statement",
+     "SELECT payments.customer_full_name(g) FROM generate_series(1, 50) g", "42501",
+     {"payments_app": "PX429", "pii_reader": "PX429"}),
+    # Starving the cluster.
+    ("take the migration runner's lock", f"SELECT pg_try_advisory_lock({MIGRATION_LOCK})", "42501", {}),
+    ("take pg_partman's lock", "SELECT pg_try_advisory_xact_lock(hashtext('pg_partman run_maintenance'))", "42501",
+     {}),
+    ("take a shared advisory lock", "SELECT pg_advisory_lock_shared(1)", "42501", {}),
+    ("lock a table every payment checks", "LOCK TABLE payments.merchant IN ACCESS EXCLUSIVE MODE NOWAIT", "42501", {}),
+    ("block key checks on merchants", "LOCK TABLE payments.merchant IN EXCLUSIVE MODE NOWAIT", "42501", {}),
+    ("lock the IP networks authorize reads", "LOCK TABLE payments.ip_network IN ACCESS EXCLUSIVE MODE NOWAIT",
+     "42501", {}),
+    ("lock the currencies", "LOCK TABLE payments.currency IN SHARE ROW EXCLUSIVE MODE NOWAIT", "42501", {}),
+    ("a large object", "SELECT lo_from_bytea(0, '\\x00')", "42501", {}),
+    ("an empty large object", "SELECT lo_create(0)", "42501", {}),
+    ("lift the temporary file limit", "SET temp_file_limit = -1", "42501", {}),
+    ("lift one's connection limit", "ALTER ROLE CURRENT_USER CONNECTION LIMIT -1", "42501", {}),
+    ("end the WAL senders", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'walsender'",
+     "42501", {}),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def open_path(host, ca):
+    """A login over TLS to the leader: directly (5432) or through its
+    PgBouncer (6432, transaction pooling; no server-side prepare)."""
+
+    def open_as(role, path):
+        port = POOLER_PORT if path == "pooled" else 5432
+        return connect(
+            host_address(host), role, ca, dbname="payments", autocommit=True, port=port, prepare_threshold=None
+        )
+
+    return open_as
+
+
+@pytest.mark.parametrize("path", ["direct", "pooled"])
+@pytest.mark.parametrize("group", sorted(USERS))
+@pytest.mark.parametrize(("name", "sql", "sqlstate", "allowed"), RING2, ids=[a[0] for a in RING2])
+def test_second_ring_attack_is_refused(open_path, target, before, path, group, name, sql, sqlstate, allowed):
+    want = allowed.get(group, sqlstate)
+    with open_path(USERS[group], path) as conn:
+        statement = sql.format(nonce=secrets.token_hex(4), **target)
+        if want is None:  # this group may (rolled back): the refusal is the others'
+            with conn.transaction(force_rollback=True):
+                conn.execute(statement)
+            return
+        with pytest.raises(psycopg.Error) as refused, conn.transaction():
+            conn.execute(statement)
+    assert refused.value.sqlstate == want, f"{name}: {refused.value}"
+
+
+@pytest.mark.parametrize("path", ["direct", "pooled"])
+def test_a_capture_replayed_with_its_key_still_answers(open_path, target, path):
+    """The same capture retried with its own key gets its first answer, even
+    though the payment is refunded in part now; a new key gets PX412."""
+    with open_path(USERS["payments_app"], path) as conn:
+        again = conn.execute(
+            "SELECT payments.capture(%s, %s, %s, 'retry')", (target["txn"], target["at"], f"cap-{target['txn']}")
+        ).fetchone()[0]
+        assert again == "succeeded"
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute(
+                "SELECT payments.capture(%s, %s, %s, 'retry')", (target["txn"], target["at"], secrets.token_hex(8))
+            )
+        assert refused.value.sqlstate == "PX412" and "is partially_refunded" in str(refused.value)
+
+
+def test_decryption_is_one_customer_at_a_time(open_path, target):
+    """The name of the customer being served, ten customers in a transaction
+    at most: the eleventh is refused (PX429), and the refusal is logged."""
+    with open_path(USERS["payments_app"], "direct") as conn:
+        with conn.transaction():
+            assert conn.execute("SELECT payments.customer_full_name(%s)", (target["customer"],)).fetchone()[0] == (
+                "Tanguy Target"
+            )
+            for other in range(-9, 0):
+                conn.execute("SELECT payments.customer_full_name(%s)", (other,))
+            with pytest.raises(psycopg.Error) as refused, conn.transaction():
+                conn.execute("SELECT payments.customer_full_name(-11)")
+        assert refused.value.sqlstate == "PX429"
+
+
+def test_no_definer_or_trigger_function_has_an_unpinned_search_path(host):
+    """In every database: a SECURITY DEFINER or trigger function without a
+    pinned search_path (no "$user", pg_temp last) runs what its caller's
+    path finds first."""
+    for db in psql(host, "SELECT datname FROM pg_database WHERE datallowconn").splitlines():
+        loose = psql(
+            host,
+            "SELECT string_agg(p.oid::regprocedure::text, ', ') FROM pg_proc p JOIN pg_namespace n "
+            "ON n.oid = p.pronamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND (p.prosecdef OR p.prorettype IN ('trigger'::regtype, 'event_trigger'::regtype)) "
+            "AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%' "
+            "AND c NOT LIKE '%$user%' AND c LIKE '%pg_temp')",
+            db=db,
+        )
+        assert loose == "", f"{db}: {loose}"
+    # The privileged roles' own sessions: no "$user" schema first.
+    pinned = psql(
+        host,
+        "SELECT string_agg(r.rolname || '=' || c, ',' ORDER BY r.rolname) FROM pg_db_role_setting s "
+        "JOIN pg_roles r ON r.oid = s.setrole CROSS JOIN LATERAL unnest(s.setconfig) c "
+        "WHERE s.setdatabase = 0 AND c LIKE 'search_path=%'",
+    )
+    assert pinned == ",".join(
+        f"{r}=search_path=pg_catalog, public, pg_temp" for r in ("payments_owner", "pii_keyholder", "postgres")
+    )
+
+
+OWNER_DDL = [
+    "DROP FUNCTION payments.tg_append_only() CASCADE",
+    "CREATE OR REPLACE FUNCTION payments.tg_append_only() RETURNS trigger LANGUAGE plpgsql "
+    "SET search_path = pg_catalog, pg_temp AS 'BEGIN RETURN NEW; END'",
+    "ALTER FUNCTION payments.tg_transaction_guard() RESET search_path",
+    "ALTER FUNCTION payments.capture(bigint, timestamptz, text, text) SECURITY INVOKER",
+    "ALTER FUNCTION payments.refund(bigint, timestamptz, bigint, text, text, text) SET search_path = public",
+    "DROP FUNCTION payments.require_status(bigint, text, text, text[])",
+    "CREATE FUNCTION payments.backdoor() RETURNS int LANGUAGE sql SET search_path = pg_catalog, pg_temp AS 'SELECT 1'",
+    "DROP SCHEMA payments CASCADE",
+]
+
+
+@pytest.mark.parametrize("role", ["payments_owner", "postgres"])
+@pytest.mark.parametrize("ddl", OWNER_DDL)
+def test_owner_level_ddl_on_the_protected_functions_needs_the_permit(host, before, role, ddl):
+    """As the owner (the superuser taking its role) and as the superuser:
+    refused without a permit by the event triggers. (Rolled back, should
+    the refusal ever be missing: the test fails, the schema stays.)"""
+    error = psql_fails(host, f"BEGIN; SET LOCAL ROLE {role}; {ddl}; ROLLBACK", db="payments")
+    assert "refused:" in error and "permit" in error, error
+
+
+def test_a_login_cannot_open_more_sessions_than_its_limit(host, ca):
+    """m_plain's limit is 2 (access_login_default): the third session is
+    refused (53300), on the direct path."""
+
+    def plain():
+        return connect(host_address(host), PLAIN, ca, dbname="postgres")
+
+    first, second = plain(), plain()
+    try:
+        with pytest.raises(psycopg.OperationalError, match="too many connections for role"):
+            plain()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_login_limits_and_settings_are_in_place(host):
+    """Every login user has a connection limit, the limits leave room, and
+    each carries its group's timeouts; the superuser's DDL in the database
+    gives up on a lock after 5 s."""
+    rows = dict(
+        line.split("|", 1)
+        for line in psql(
+            host,
+            "SELECT r.rolname, r.rolconnlimit || ' ' || coalesce(array_to_string(s.setconfig, ' '), '') "
+            "FROM pg_roles r LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid AND s.setdatabase = 0 "
+            "WHERE r.rolname LIKE 'm\\_%' ORDER BY 1",
+        ).splitlines()
+    )
+    assert rows["m_app"].startswith("40 ") and "statement_timeout=30s" in rows["m_app"]
+    assert rows["m_reader"].startswith("5 ") and "temp_file_limit=0" in rows["m_reader"]
+    assert rows["m_plain"].startswith("2 ")
+    assert all(int(v.split()[0]) > 0 for v in rows.values())
+    unlimited = psql(
+        host, "SELECT string_agg(rolname, ',') FROM pg_roles WHERE rolcanlogin AND rolconnlimit < 0 "
+        "AND (shobj_description(oid, 'pg_authid') = 'pgops access_users' "
+        "OR rolname IN ('pgbouncer_auth', 'pgops_exporter'))"
+    )  # fmt: skip
+    assert unlimited == ""
+    assert psql(host, "SHOW lock_timeout", db="payments") == "5s"
+
+
+def test_a_forged_client_address_comes_after_the_real_one(host, open_path):
+    """log_line_prefix puts the client's address first: an application_name
+    that spells another address lands after it, and the security report's
+    parser reads the real one."""
+    tag = secrets.token_hex(4)
+    with open_path(USERS["readonlyuser"], "direct") as conn:
+        conn.execute("SET application_name = 'psql,client=203.0.113.66 user=postgres,db=payments,app=x'")
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            conn.execute(f"SELECT 'forgery-{tag}'::int")
+    logs = psql(
+        host,
+        "SELECT CASE WHEN current_setting('log_directory') LIKE '/%' THEN current_setting('log_directory') "
+        "ELSE current_setting('data_directory') || '/' || current_setting('log_directory') END",
+    )
+
+    def logged():
+        return host.run(f"grep -rh 'ERROR: .*forgery-{tag}' {logs}").stdout.splitlines()
+
+    wait_until(logged, 10, "the refused statement in the server log")
+    line = logged()[0]
+    real = line.split(" client=", 1)[1].split(" ", 1)[0]
+    assert real not in ("203.0.113.66", "") and line.index(f"client={real} ") < line.index("203.0.113.66")
+    parsed = audit_module().parse_line(line)
+    assert (parsed["client"], parsed["user"]) == (real, "m_reader"), parsed
+
+
+def audit_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "roles/security_audit/library/pgops_security_audit.py"
+    spec = importlib.util.spec_from_file_location("pgops_security_audit", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_database_is_unchanged_by_the_attacks(host, before):

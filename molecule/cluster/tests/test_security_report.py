@@ -40,6 +40,10 @@ def test_planted_grant_and_failed_login_are_flagged(host, tmp_path):
     assert "public_grant" not in {f["check"] for f in json.loads(report_file.read_text())["findings"]}, again.stdout
 
 
+# Function DDL in the payments schema needs a permit (V0019): the plants
+# that create or drop one take it, in the same transaction.
+PERMIT = "SELECT pgops.permit_protected_ddl('security report test: plant and remove');"
+
 # One plant per class of least-privilege defect, and its removal.
 PLANTS = {
     ("definer_search_path", "payments:public.sr_unpinned()"): (
@@ -48,17 +52,18 @@ PLANTS = {
         "DROP FUNCTION public.sr_unpinned()",
     ),
     ("privileged_calls_foreign_code", "payments:public.sr_privileged()"): (
-        "CREATE FUNCTION payments.sr_helper() RETURNS int LANGUAGE sql AS 'SELECT 1';"
+        PERMIT + "CREATE FUNCTION payments.sr_helper() RETURNS int LANGUAGE sql AS 'SELECT 1';"
         "ALTER FUNCTION payments.sr_helper() OWNER TO developer;"
         "CREATE FUNCTION public.sr_privileged() RETURNS int SECURITY DEFINER SET search_path = pg_catalog "
         "LANGUAGE sql AS 'SELECT payments.sr_helper()'; REVOKE ALL ON FUNCTION public.sr_privileged() FROM PUBLIC",
-        "DROP FUNCTION public.sr_privileged(); DROP FUNCTION payments.sr_helper()",
+        PERMIT + "DROP FUNCTION public.sr_privileged(); DROP FUNCTION payments.sr_helper()",
     ),
     ("disabled_trigger", "payments.merchant.sr_noop"): (
-        "CREATE FUNCTION payments.sr_noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';"
+        PERMIT + "CREATE FUNCTION payments.sr_noop() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, "
+        "pg_temp AS 'BEGIN RETURN NEW; END';"
         "CREATE TRIGGER sr_noop BEFORE UPDATE ON payments.merchant FOR EACH ROW EXECUTE FUNCTION payments.sr_noop();"
         "ALTER TABLE payments.merchant DISABLE TRIGGER sr_noop",
-        "DROP TRIGGER sr_noop ON payments.merchant; DROP FUNCTION payments.sr_noop()",
+        PERMIT + "DROP TRIGGER sr_noop ON payments.merchant; DROP FUNCTION payments.sr_noop()",
     ),
     ("owner_member", "m_plain"): ("GRANT payments_owner TO m_plain", "REVOKE payments_owner FROM m_plain"),
     ("protected_dml", "payments.transaction"): (
@@ -69,6 +74,33 @@ PLANTS = {
         "GRANT UPDATE (token) ON payments.customer_payment_method TO payments_app",
         "REVOKE UPDATE (token) ON payments.customer_payment_method FROM payments_app",
     ),
+    # The second ring: code planted where a privileged session looks, a
+    # trigger function that resolves names in its caller's path, a login
+    # that can take every slot, a reader with temporary space, a role that
+    # can end the WAL senders.
+    ("schema_squatted", "payments:postgres"): ("CREATE SCHEMA postgres AUTHORIZATION admin", "DROP SCHEMA postgres"),
+    ("pinned_search_path", "postgres"): (
+        "ALTER ROLE postgres RESET search_path",
+        "ALTER ROLE postgres SET search_path = pg_catalog, public, pg_temp",
+    ),
+    ("trigger_search_path", "payments:public.sr_trigger()"): (
+        "CREATE FUNCTION public.sr_trigger() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';"
+        "REVOKE ALL ON FUNCTION public.sr_trigger() FROM PUBLIC",
+        "DROP FUNCTION public.sr_trigger()",
+    ),
+    ("connection_limit", "m_plain"): (
+        "ALTER ROLE m_plain CONNECTION LIMIT -1",
+        "ALTER ROLE m_plain CONNECTION LIMIT 2",
+    ),
+    ("database_privilege", "payments:readonlyuser TEMPORARY"): (
+        "GRANT TEMPORARY ON DATABASE payments TO readonlyuser",
+        "REVOKE TEMPORARY ON DATABASE payments FROM readonlyuser",
+    ),
+    ("database_privilege", "payments:admin CREATE"): (
+        "GRANT CREATE ON DATABASE payments TO admin",
+        "REVOKE CREATE ON DATABASE payments FROM admin",
+    ),
+    ("signal_backend", "admin"): ("GRANT pg_signal_backend TO admin", "REVOKE pg_signal_backend FROM admin"),
     ("definer_public_execute", "payments:payments.capture(bigint,timestamp with time zone,text,text)"): (
         "GRANT EXECUTE ON FUNCTION payments.capture(bigint, timestamptz, text, text) TO PUBLIC",
         "REVOKE EXECUTE ON FUNCTION payments.capture(bigint, timestamptz, text, text) FROM PUBLIC",
@@ -89,8 +121,10 @@ def test_each_least_privilege_defect_is_flagged(host, tmp_path):
     findings = {(f["check"], f["subject"]): f["severity"] for f in json.loads(report_file.read_text())["findings"]}
     missing = [key for key in PLANTS if key not in findings]
     assert missing == [], sorted(findings)
-    assert {findings[key] for key in PLANTS} <= {"high", "critical"}
+    assert {findings[key] for key in PLANTS if key[0] != "connection_limit"} <= {"high", "critical"}
+    assert findings[("connection_limit", "m_plain")] == "medium"
     assert findings[("owner_member", "m_plain")] == "critical"
+    assert findings[("schema_squatted", "payments:postgres")] == "critical"
 
     clean = run_playbook("playbooks/security_audit.yml", {"security_audit_report_file": str(report_file)})
     assert clean.returncode == 0, clean.stdout[-3000:]
