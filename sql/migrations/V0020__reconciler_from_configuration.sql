@@ -416,7 +416,7 @@ BEGIN
         IF v_want IS DISTINCT FROM v_have THEN
             EXECUTE format('ALTER ROLE %I RESET ALL', v_login.name);
             FOR v_setting IN SELECT e.key, e.value FROM jsonb_each_text(v_login.settings) e LOOP
-                IF v_setting.key !~ '^[a-z_]+$' THEN
+                IF v_setting.key !~ '^[a-z_]+(\.[a-z_]+)?$' THEN
                     RAISE EXCEPTION 'reconcile_logins: % is not a parameter name', v_setting.key
                         USING ERRCODE = 'invalid_parameter_value';
                 END IF;

@@ -7,6 +7,7 @@ pgops tables, every function definition, owner, ACL, membership and trigger
 state (the last test compares fingerprints taken before and after)."""
 
 import secrets
+import time
 
 import psycopg
 import pytest
@@ -541,6 +542,31 @@ def test_a_login_cannot_open_more_sessions_than_its_limit(host, ca):
         second.close()
 
 
+def test_a_session_that_lifts_its_timeouts_is_ended(host, ca):
+    """m_plain's own limits are 10 s (molecule.yml): a session that sets
+    them to 0, then sleeps, or idles in a transaction, is ended by the
+    session guard (every 15 s, 5 s of grace), on the direct path."""
+    address = host_address(host)
+    active = connect(address, PLAIN, ca, dbname="postgres", autocommit=True)
+    idle = connect(address, PLAIN, ca, dbname="postgres")
+    started = time.monotonic()
+    try:
+        active.execute("SET pgops.statement_limit = 0")
+        idle.execute("SET idle_in_transaction_session_timeout = 0")
+        idle.execute("SELECT 1")  # a transaction is open, and idles
+        with pytest.raises(psycopg.OperationalError):
+            active.execute("SELECT pg_sleep(90)")
+        ended_after = time.monotonic() - started
+        with pytest.raises(psycopg.OperationalError):
+            idle.execute("SELECT 1")
+    finally:
+        active.close()
+        idle.close()
+    assert 10 < ended_after < 45, ended_after
+    reasons = wait_until(lambda: logged(host, "pgops session guard: ended session .* of m_plain"), 10, "the reasons")
+    assert any("active for" in r for r in reasons) and any("idle in a transaction" in r for r in reasons)
+
+
 def test_login_limits_and_settings_are_in_place(host):
     """Every login user has a connection limit, the limits leave room, and
     each carries its group's timeouts; the superuser's DDL in the database
@@ -554,7 +580,10 @@ def test_login_limits_and_settings_are_in_place(host):
             "WHERE r.rolname LIKE 'm\\_%' ORDER BY 1",
         ).splitlines()
     )
-    assert rows["m_app"].startswith("40 ") and "statement_timeout=30s" in rows["m_app"]
+    assert rows["m_app"].startswith("40 ") and "pgops.statement_limit=30s" in rows["m_app"]
+    # No statement_timeout for writers: one that cancels a COMMIT waiting for the synchronous standbys
+    # would leave it acknowledged on the leader alone.
+    assert "statement_timeout" not in rows["m_app"]
     assert rows["m_reader"].startswith("5 ") and "temp_file_limit=0" in rows["m_reader"]
     assert rows["m_plain"].startswith("2 ")
     assert all(int(v.split()[0]) > 0 for v in rows.values())
@@ -576,21 +605,21 @@ def test_a_forged_client_address_comes_after_the_real_one(host, open_path):
         conn.execute("SET application_name = 'psql,client=203.0.113.66 user=postgres,db=payments,app=x'")
         with pytest.raises(psycopg.errors.InvalidTextRepresentation):
             conn.execute(f"SELECT 'forgery-{tag}'::int")
+    line = wait_until(lambda: logged(host, f"ERROR: .*forgery-{tag}"), 10, "the refused statement in the log")[0]
+    real = line.split(" client=", 1)[1].split(" ", 1)[0]
+    assert real not in ("203.0.113.66", "") and line.index(f"client={real} ") < line.index("203.0.113.66")
+    parsed = audit_module().parse_line(line)
+    assert (parsed["client"], parsed["user"]) == (real, "m_reader"), parsed
+
+
+def logged(host, pattern):
+    """The server log's lines that match a grep pattern."""
     logs = psql(
         host,
         "SELECT CASE WHEN current_setting('log_directory') LIKE '/%' THEN current_setting('log_directory') "
         "ELSE current_setting('data_directory') || '/' || current_setting('log_directory') END",
     )
-
-    def logged():
-        return host.run(f"grep -rh 'ERROR: .*forgery-{tag}' {logs}").stdout.splitlines()
-
-    wait_until(logged, 10, "the refused statement in the server log")
-    line = logged()[0]
-    real = line.split(" client=", 1)[1].split(" ", 1)[0]
-    assert real not in ("203.0.113.66", "") and line.index(f"client={real} ") < line.index("203.0.113.66")
-    parsed = audit_module().parse_line(line)
-    assert (parsed["client"], parsed["user"]) == (real, "m_reader"), parsed
+    return host.run(f"grep -rh '{pattern}' {logs}").stdout.splitlines()
 
 
 def audit_module():
