@@ -9,6 +9,9 @@
   \set scale 1
 \endif
 BEGIN;
+-- Run as the superuser: nothing unqualified may resolve outside the
+-- built-ins and this session's own temporary tables.
+SET LOCAL search_path = pg_catalog, pg_temp;
 SELECT set_config('pgops.sample_scale', :'scale', true);
 
 INSERT INTO payments.geo_location (country_code, region, city, latitude, longitude)
@@ -26,7 +29,7 @@ SELECT 'Sample merchant ' || n, (ARRAY['FR','DE','GB','US'])[1 + n % 4], (ARRAY[
 
 -- One bcrypt hash shared by all sample customers (hashing thousands at cost
 -- >= 10 would take minutes); their full names are encrypted one by one.
-WITH pw AS (SELECT crypt('sample-password-not-real', gen_salt('bf', 10)) AS h),
+WITH pw AS (SELECT public.crypt('sample-password-not-real', public.gen_salt('bf', 10)) AS h),
      base AS (SELECT coalesce(max(id), 0) AS b FROM payments.customer)
 INSERT INTO payments.customer (username, password_hash, email, full_name_enc, full_name_key_version)
 SELECT 'sample_' || (b + n), pw.h, 'sample_' || (b + n) || '@example.test', e.ciphertext, e.key_version

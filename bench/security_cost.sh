@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # What the least-privilege payment API costs: the payment workload, as the
-# application's login, against the schema before it (migrations V0001-V0012
-# and the payment script of commit BASE) and after it (every migration), in
-# two databases of one scratch cluster on the lab primary, runs in A B B A
-# order. Writes bench/results/security_cost.json.
-#   bench/security_cost.sh [host] ; env: BASE=e1ae3b5 CLIENTS=8 DURATION=20 SCALE=1
+# application's login, against the schema before it (migrations up to
+# BEFORE, the grants and payment script of commit BASE) and after it (every
+# migration, today's grants), in two databases of one scratch cluster on the
+# lab primary, runs in A B B A order. Writes bench/results/security_cost.json.
+#   bench/security_cost.sh [host] ; env: BASE=e1ae3b5 BEFORE=12 CLIENTS=8 DURATION=20 SCALE=1
+# The first ring: BASE=e1ae3b5 BEFORE=12 (the defaults). The second
+# ring (issue 28): BASE=c4f117d BEFORE=18.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 host=${1:-pg-primary}
-base=${BASE:-e1ae3b5} port=5497 cluster=bench_security
+base=${BASE:-e1ae3b5} before_version=${BEFORE:-12} port=5497 cluster=bench_security
 export CLIENTS=${CLIENTS:-8} DURATION=${DURATION:-20} SCALE=${SCALE:-1}
 out=bench/results
 login=bench_app password=bench-only-app-password-01
@@ -34,17 +36,34 @@ migrate() {  # database, newest version
     if grep -q '^-- pgops: no-transaction' "$f"; then
       psql_ -d "$1" -f - <"$f" >/dev/null
     else
-      { echo "SET pgops.partition_interval = '1 month'; SET pgops.partition_premake = '4';"; cat "$f"; } \
+      # A migration holds a permit for protected DDL, as the runner's do (V0019).
+      { echo "SET pgops.partition_interval = '1 month'; SET pgops.partition_premake = '4';"
+        echo "DO \$\$ BEGIN IF to_regprocedure('pgops.permit_protected_ddl(text)') IS NOT NULL THEN"
+        echo "PERFORM pgops.permit_protected_ddl('bench migration $(basename "$f")'); END IF; END \$\$;"
+        cat "$f"; } \
         | psql_ -1 -d "$1" -f - >/dev/null
     fi
   done
 }
 newest=$(ls sql/migrations | tail -n 1 | cut -c2-5)
-migrate before 12
+migrate before "$before_version"
 migrate after "$((10#$newest))"
 psql_ -d postgres -c "CREATE ROLE $login LOGIN PASSWORD '$password'"
-# The grants of each version: V0009's reconciler with its configuration, and
-# today's with the access role's matrix.
+# The grants of each version: V0009's reconciler with its configuration, or
+# BASE's access role's, and today's with the access role's matrix.
+config_at() {  # revision -> the reconciler's configuration (JSON) of that commit
+  local tmp
+  tmp=$(mktemp -d)
+  git show "$1:roles/access/vars/main.yml" >"$tmp/vars.yml"
+  git show "$1:roles/access/defaults/main.yml" >"$tmp/defaults.yml"
+  .venv/bin/python -m pgops.privileges --config "$tmp/vars.yml" "$tmp/defaults.yml"
+  rm -rf "$tmp"
+}
+if ((before_version > 12)); then
+  psql_ -d before -c "SELECT pgops.reconcile_access('$(config_at "$base")')" >/dev/null
+  psql_ -d before -c "INSERT INTO pgops.config VALUES ('pii_key_dir', '/etc/postgresql/pgops-pii'),
+    ('pii_key_version', '1'), ('bcrypt_cost', '10')"
+else
 psql_ -d before -c "SELECT pgops.reconcile_access('{\"schema\": \"payments\", \"owner\": \"payments_owner\",
   \"admin\": \"admin\", \"developer\": \"developer\", \"readonly\": \"readonlyuser\", \"app\": \"payments_app\",
   \"pii\": \"pii_reader\", \"backup\": \"backup\", \"monitoring\": \"monitoring\", \"audit_tables\":
@@ -53,19 +72,8 @@ psql_ -d before -c "SELECT pgops.reconcile_access('{\"schema\": \"payments\", \"
   \"payments.pii_encrypt(text)\", \"payments.pii_decrypt(bytea,integer)\", \"payments.pii_reencrypt(integer)\"]}')" >/dev/null
 psql_ -d before -c "ALTER DATABASE before SET pgops.pii_key_dir = '/etc/postgresql/pgops-pii'" \
   -c "ALTER DATABASE before SET pgops.pii_key_version = '1'"
-config=$(.venv/bin/python - <<'PY'
-import json, yaml
-v = yaml.safe_load(open("roles/access/vars/main.yml"))
-d = yaml.safe_load(open("roles/access/defaults/main.yml"))
-groups = {k: d[f"access_{r}_role"] for k, r in [("admin", "admin"), ("developer", "developer"),
-          ("readonly", "readonly"), ("app", "app"), ("pii", "pii"), ("backup", "backup"), ("monitoring", "monitoring")]}
-print(json.dumps({"schema": "payments", "owner": d["access_owner_role"], "keyholder": d["access_keyholder_role"],
-                  "groups": groups, "readers": v["__access_readers"], "pii_members": d["access_pii_members"],
-                  "tables": v["__access_tables"], "functions": v["__access_functions"],
-                  "key_functions": v["__access_key_functions"]}))
-PY
-)
-psql_ -d after -c "SELECT pgops.reconcile_access('$config')" >/dev/null
+fi
+psql_ -d after -c "SELECT pgops.reconcile_access('$(config_at HEAD)')" >/dev/null
 psql_ -d after -c "INSERT INTO pgops.config VALUES ('pii_key_dir', '/etc/postgresql/pgops-pii'),
   ('pii_key_version', '1'), ('bcrypt_cost', '10')"
 psql_ -d postgres -c "GRANT payments_app TO $login"

@@ -10,6 +10,7 @@ to it).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -62,6 +63,31 @@ def load(roles_dir: Path = ROOT / "roles") -> dict:
         "names": names,
         "pii_members": defaults["access_pii_members"],
     }
+
+
+WHOLE_REF_RE = re.compile(r"^\{\{ ([a-z_]+) \}\}$")
+
+
+def reconcile_config(variables: dict, defaults: dict) -> dict:
+    """The configuration the access role passes to pgops.reconcile_access(),
+    from its vars and defaults files as they are (`__access_config`, each
+    `{{ name }}` resolved), so that a benchmark can apply any commit's grants
+    without Ansible."""
+    known = {**defaults, **variables}
+
+    def value(item):
+        if isinstance(item, str):
+            whole = WHOLE_REF_RE.match(item.strip())
+            if whole:
+                return value(known[whole.group(1)])
+            return REF_RE.sub(lambda m: " ".join(str(known[m.group(1)]).split()), item)
+        if isinstance(item, list):
+            return [value(v) for v in item]
+        if isinstance(item, dict):
+            return {k: value(v) for k, v in item.items()}
+        return item
+
+    return value(known["__access_config"])
 
 
 def _groups(data: dict, entry: str) -> list[str]:
@@ -160,8 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--write", action="store_true")
     mode.add_argument("--check", action="store_true")
-    parser.add_argument("files", nargs="+", type=Path)
+    mode.add_argument(
+        "--config", nargs=2, metavar=("VARS", "DEFAULTS"), help="print the reconciler's configuration from these files"
+    )
+    parser.add_argument("files", nargs="*", type=Path)
     args = parser.parse_args(argv)
+    if args.config:
+        variables, defaults = (yaml.safe_load(Path(p).read_text()) for p in args.config)
+        print(json.dumps(reconcile_config(variables, defaults)))
+        return 0
     rendered = render(load())
     stale = []
     for path in args.files:

@@ -1,7 +1,10 @@
 """The privilege matrix in docs/schema.md (the README links to it) is the one
 the access role applies (roles/access/vars/main.yml)."""
 
+import json
 from pathlib import Path
+
+import yaml
 
 from pgops import privileges
 
@@ -47,3 +50,27 @@ def test_no_group_writes_money_audit_reference_or_credentials():
                 for p in writes:
                     columns = {c.strip() for c in p.partition("(")[2].rstrip(")").split(",")}
                     assert "(" in p and not credentials & columns, (table, group, p)
+
+
+def test_the_reconciler_configuration_resolves_every_reference():
+    root = privileges.ROOT / "roles/access"
+    variables, defaults = (yaml.safe_load((root / f).read_text()) for f in ("vars/main.yml", "defaults/main.yml"))
+    config = privileges.reconcile_config(variables, defaults)
+    assert "{{" not in json.dumps(config)
+    assert config["owner"] == "payments_owner" and config["groups"]["app"] == "payments_app"
+    assert config["tables"]["transaction"]["readonly"] == [
+        "SELECT(id, created_at, merchant_id, customer_id, payment_method_id, amount, currency, status, location_id, "
+        "device_type, updated_at)"
+    ]
+    assert "pg_catalog.pg_advisory_lock(bigint)" in config["revoked_functions"]
+
+
+def test_may_reads_table_and_column_grants():
+    data = privileges.load()
+    assert privileges.may(data, "app", "merchant", "UPDATE", "name")
+    assert not privileges.may(data, "app", "merchant", "UPDATE")  # no table-wide UPDATE: no LOCK beyond ROW EXCLUSIVE
+    assert privileges.may(data, "readonly", "transaction", "SELECT", "amount")
+    assert not privileges.may(data, "readonly", "transaction", "SELECT", "client_ip")
+    assert privileges.may(data, "app", "transaction", "SELECT", "client_ip")
+    assert privileges.may_execute(data, "readonly", "mask_email")
+    assert not privileges.may_execute(data, "admin", "authorize")

@@ -68,6 +68,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
            AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
         UNION ALL
         SELECT format('schema %s %s', nspname, nspowner::regrole) FROM pg_namespace
+         WHERE nspname !~ '^pg_(toast_)?temp_[0-9]+$'
     )
     SELECT md5(string_agg(item, E'\n' ORDER BY item)) FROM acl
 $$;

@@ -81,7 +81,7 @@ PLANTS = {
     ("schema_squatted", "payments:postgres"): ("CREATE SCHEMA postgres AUTHORIZATION admin", "DROP SCHEMA postgres"),
     ("pinned_search_path", "postgres"): (
         "ALTER ROLE postgres RESET search_path",
-        "ALTER ROLE postgres SET search_path = pg_catalog, public, pg_temp",
+        "ALTER ROLE postgres SET search_path = public, pg_temp",
     ),
     ("trigger_search_path", "payments:public.sr_trigger()"): (
         "CREATE FUNCTION public.sr_trigger() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';"

@@ -98,15 +98,21 @@ def test_a_broken_migration_is_rolled_back_whole(host, migrations):
     assert not table_exists(host, "pgops.half_done")
 
 
-def test_a_second_run_waits_for_the_lock_and_gives_up_clearly(host, migrations, db):
+def test_a_second_run_waits_for_the_lock_and_gives_up_clearly(host, migrations, db, tester):
     (migrations / "V9001__marker.sql").write_text("CREATE TABLE pgops.marker_9001 (id int);\n")
     (migrations / "V9002__locked.sql").write_text("CREATE TABLE pgops.marker_9002 (id int);\n")
+    # No login may take advisory locks in the database (the access role
+    # revokes them): the harness stands in for another run, by a grant of
+    # its own.
+    functions = "FUNCTION pg_advisory_lock(bigint), pg_advisory_unlock(bigint)"
+    psql(host, f"GRANT EXECUTE ON {functions} TO {tester.name}", db="payments")
     holder = db()
     holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
     try:
         run = run_playbook(PLAYBOOK, {"schema_migrations_dir": str(migrations), "schema_migration_lock_timeout": 2})
     finally:
         holder.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        psql(host, f"REVOKE EXECUTE ON {functions} FROM {tester.name}", db="payments")
     assert run.returncode != 0
     assert "another migration run holds the lock" in run.stdout
     assert not table_exists(host, "pgops.marker_9002")
