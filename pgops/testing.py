@@ -26,8 +26,15 @@ S3_CA = str(Path(__file__).resolve().parents[1] / "lab/.state/s3-ca.crt")
 
 def psql(host, sql: str, db: str = "postgres") -> str:
     """Run SQL as the postgres superuser over the local socket (peer auth) and
-    return psql's unaligned output. Fails the test on any SQL error."""
-    result = host.run("runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d %s -c %s", db, sql)
+    return psql's unaligned output. Fails the test on any SQL error. Debian's
+    psql wrapper reads the cluster's postgresql.conf first, which Patroni
+    rewrites when the synchronous standbys change: a read in the middle of
+    that finds no data directory, and is tried again."""
+    for _ in range(5):
+        result = host.run("runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d %s -c %s", db, sql)
+        if "Invalid data directory" not in result.stderr:
+            break
+        time.sleep(0.5)
     assert result.rc == 0, f"psql failed: {result.stderr}"
     return result.stdout.strip()
 

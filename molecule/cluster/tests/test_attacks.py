@@ -432,18 +432,24 @@ def open_path(host, ca):
 
 @pytest.mark.parametrize("path", ["direct", "pooled"])
 @pytest.mark.parametrize("group", sorted(USERS))
-@pytest.mark.parametrize(("name", "sql", "sqlstate", "allowed"), RING2, ids=[a[0] for a in RING2])
-def test_second_ring_attack_is_refused(open_path, target, before, path, group, name, sql, sqlstate, allowed):
-    want = allowed.get(group, sqlstate)
+def test_second_ring_attacks_are_refused(open_path, target, before, path, group):
+    """Every attack of the second ring, as this group, on one connection
+    (each in a transaction of its own, rolled back): its SQLSTATE, or, for
+    the group that may, success. Every deviation is listed."""
+    wrong = []
     with open_path(USERS[group], path) as conn:
-        statement = sql.format(nonce=secrets.token_hex(4), **target)
-        if want is None:  # this group may (rolled back): the refusal is the others'
-            with conn.transaction(force_rollback=True):
-                conn.execute(statement)
-            return
-        with pytest.raises(psycopg.Error) as refused, conn.transaction():
-            conn.execute(statement)
-    assert refused.value.sqlstate == want, f"{name}: {refused.value}"
+        for name, sql, sqlstate, allowed in RING2:
+            want = allowed.get(group, sqlstate)
+            statement = sql.format(nonce=secrets.token_hex(4), **target)
+            try:
+                with conn.transaction(force_rollback=True):
+                    conn.execute(statement)
+                got = None
+            except psycopg.Error as e:
+                got = e.sqlstate
+            if got != want:
+                wrong.append(f"{name}: {got or 'no error'}, not {want or 'success'}")
+    assert wrong == [], "\n".join(wrong)
 
 
 @pytest.mark.parametrize("path", ["direct", "pooled"])
@@ -480,13 +486,15 @@ def test_decryption_is_one_customer_at_a_time(open_path, target):
 def test_no_definer_or_trigger_function_has_an_unpinned_search_path(host):
     """In every database: a SECURITY DEFINER or trigger function without a
     pinned search_path (no "$user", pg_temp last) runs what its caller's
-    path finds first."""
+    path finds first. (Functions in C, pgaudit's event triggers, resolve no
+    name through it.)"""
     for db in psql(host, "SELECT datname FROM pg_database WHERE datallowconn").splitlines():
         loose = psql(
             host,
             "SELECT string_agg(p.oid::regprocedure::text, ', ') FROM pg_proc p JOIN pg_namespace n "
             "ON n.oid = p.pronamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
             "AND (p.prosecdef OR p.prorettype IN ('trigger'::regtype, 'event_trigger'::regtype)) "
+            "AND p.prolang NOT IN (SELECT oid FROM pg_language WHERE lanname IN ('c', 'internal')) "
             "AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%' "
             "AND c NOT LIKE '%$user%' AND c LIKE '%pg_temp')",
             db=db,

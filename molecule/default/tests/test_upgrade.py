@@ -73,8 +73,10 @@ def old_database(host):
     psql(host, OLD_PAYMENT, db=DB)
     assert psql(host, "SELECT pg_has_role('admin', 'payments_owner', 'MEMBER')") == "t"
     yield
-    # The real database's settings back (pg_partman's worker, the expiry job).
+    # The real database's settings back (pg_partman's worker, the expiry job,
+    # the session guard's database).
     run_playbook("playbooks/schema.yml")
+    run_playbook("playbooks/access.yml")
     psql(host, f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
 
 
