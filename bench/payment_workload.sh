@@ -15,7 +15,7 @@ host=${1:-pg-primary}
 scale=${SCALE:-1} clients=${CLIENTS:-8} duration=${DURATION:-30}
 label=${LABEL:-payment}
 user=${BENCH_USER:-lab_app} password=${BENCH_PASSWORD:-lab-only-app-password-01}
-db=${BENCH_DB:-payments} port=5432
+db=${BENCH_DB:-payments} port=${BENCH_DATA_PORT:-5432}
 bench_port=${BENCH_PORT:-$port}
 out=${OUT:-bench/results}
 mkdir -p "$out"

@@ -80,7 +80,7 @@ psql_ -d postgres -c "GRANT payments_app TO $login"
 
 git show "$base:bench/payment.pgbench" >/tmp/pgops-payment-before.pgbench
 run() {  # label database script
-  LABEL="security-$1" BENCH_DB="$2" BENCH_PORT=$port BENCH_USER=$login BENCH_PASSWORD=$password \
+  LABEL="security-$1" BENCH_DB="$2" BENCH_PORT=$port BENCH_DATA_PORT=$port BENCH_USER=$login BENCH_PASSWORD=$password \
     PGBENCH_FILE="$3" OUT=$out bash bench/payment_workload.sh "$host" >/dev/null
   cat "$out/security-$1.json"
 }
