@@ -24,25 +24,32 @@ GROUPS = ["admin", "developer", "readonly", "app", "pii"]
 SHORT = {"SELECT": "S", "INSERT": "I", "UPDATE": "U", "DELETE": "D"}
 
 
-REF_RE = re.compile(r"\{\{ (__access_[a-z_]+) \}\}")
+REF_RE = re.compile(r"\{\{ ([a-z_]+) \}\}")
 
 
-def _resolve(value, data: dict):
-    """The matrix's own references (`{{ __access_transaction_columns }}`),
-    the only templating it uses, resolved from the same file."""
+def _resolve(value, known: dict):
+    """The `{{ name }}` references of the access role's vars and defaults
+    (the only templating the matrix and its configuration use), resolved
+    from the same files: a whole-value reference by the value itself (a list,
+    a dict), one inside a string by its text."""
     if isinstance(value, str):
-        return REF_RE.sub(lambda m: " ".join(str(data[m.group(1)]).split()), value)
+        whole = REF_RE.fullmatch(value.strip())
+        if whole:
+            return _resolve(known[whole.group(1)], known)
+        return REF_RE.sub(lambda m: " ".join(str(known[m.group(1)]).split()), value)
     if isinstance(value, list):
-        return [_resolve(v, data) for v in value]
+        return [_resolve(v, known) for v in value]
     if isinstance(value, dict):
-        return {k: _resolve(v, data) for k, v in value.items()}
+        return {k: _resolve(v, known) for k, v in value.items()}
     return value
 
 
 def load(roles_dir: Path = ROOT / "roles") -> dict:
     raw = yaml.safe_load((roles_dir / "access/vars/main.yml").read_text())
-    data = _resolve(raw, raw)
     defaults = yaml.safe_load((roles_dir / "access/defaults/main.yml").read_text())
+    known = {**defaults, **raw}
+    used = ("__access_readers", "__access_tables", "__access_functions", "__access_database", "__access_builtin_roles")
+    data = {key: _resolve(raw[key], known) for key in used}
     names = {
         "admin": defaults["access_admin_role"],
         "developer": defaults["access_developer_role"],
@@ -65,29 +72,13 @@ def load(roles_dir: Path = ROOT / "roles") -> dict:
     }
 
 
-WHOLE_REF_RE = re.compile(r"^\{\{ ([a-z_]+) \}\}$")
-
-
 def reconcile_config(variables: dict, defaults: dict) -> dict:
     """The configuration the access role passes to pgops.reconcile_access(),
     from its vars and defaults files as they are (`__access_config`, each
     `{{ name }}` resolved), so that a benchmark can apply any commit's grants
     without Ansible."""
     known = {**defaults, **variables}
-
-    def value(item):
-        if isinstance(item, str):
-            whole = WHOLE_REF_RE.match(item.strip())
-            if whole:
-                return value(known[whole.group(1)])
-            return REF_RE.sub(lambda m: " ".join(str(known[m.group(1)]).split()), item)
-        if isinstance(item, list):
-            return [value(v) for v in item]
-        if isinstance(item, dict):
-            return {k: value(v) for k, v in item.items()}
-        return item
-
-    return value(known["__access_config"])
+    return _resolve(known["__access_config"], known)
 
 
 def _groups(data: dict, entry: str) -> list[str]:

@@ -126,13 +126,19 @@ class LoginRole:
     password: str
 
 
-def load_filter(name: str):
-    """One of the project's filter plugins (plugins/filter/<name>.py) as a module."""
-    path = Path(__file__).resolve().parent.parent / "plugins/filter" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
+def load_project_module(relative: str):
+    """A Python file of the project that is not in a package (a filter
+    plugin, a role's module) as a module."""
+    path = Path(__file__).resolve().parent.parent / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_filter(name: str):
+    """One of the project's filter plugins (plugins/filter/<name>.py) as a module."""
+    return load_project_module(f"plugins/filter/{name}.py")
 
 
 scram = load_filter("pgops_scram")

@@ -15,7 +15,7 @@ from conftest import PLAIN, USERS
 from psycopg import errors
 
 from pgops.faults import wait_until
-from pgops.testing import connect, create_payer, fetch_ca, host_address, psql, psql_fails
+from pgops.testing import connect, create_payer, fetch_ca, host_address, load_project_module, psql, psql_fails
 
 # Everything the database holds that an attack could change. Small tables:
 # the catalogue runs on a test deploy.
@@ -617,7 +617,7 @@ def test_a_forged_client_address_comes_after_the_real_one(host, open_path):
     line = wait_until(lambda: logged(host, f"ERROR: .*forgery-{tag}"), 10, "the refused statement in the log")[0]
     real = line.split(" client=", 1)[1].split(" ", 1)[0]
     assert real not in ("203.0.113.66", "") and line.index(f"client={real} ") < line.index("203.0.113.66")
-    parsed = audit_module().parse_line(line)
+    parsed = load_project_module("roles/security_audit/library/pgops_security_audit.py").parse_line(line)
     assert (parsed["client"], parsed["user"]) == (real, "m_reader"), parsed
 
 
@@ -629,17 +629,6 @@ def logged(host, pattern):
         "ELSE current_setting('data_directory') || '/' || current_setting('log_directory') END",
     )
     return host.run(f"grep -rh '{pattern}' {logs}").stdout.splitlines()
-
-
-def audit_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[3] / "roles/security_audit/library/pgops_security_audit.py"
-    spec = importlib.util.spec_from_file_location("pgops_security_audit", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_database_is_unchanged_by_the_attacks(host, before):
